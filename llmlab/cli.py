@@ -1,0 +1,166 @@
+"""The `llmlab` command: check the set-up, run labs with papermill."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+
+from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
+
+LABS_DIR = REPO_ROOT / "labs"
+RUNS_DIR = REPO_ROOT / "runs"
+KEY_PACKAGES = (
+    "torch",
+    "tensorflow-cpu",
+    "keras",
+    "transformers",
+    "tokenizers",
+    "jupyter-book",
+    "papermill",
+    "nbval",
+    "wandb",
+    "mlflow",
+    "onnxruntime",
+    "fastapi",
+    "pyspark",
+)
+
+
+def lab_paths() -> list[Path]:
+    """Every lab notebook, in order."""
+    return sorted(LABS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def find_lab(lab: str) -> Path:
+    """Resolve '1', '01', '01_standardization' or a path to a lab notebook."""
+    if Path(lab).suffix == ".ipynb" and Path(lab).exists():
+        return Path(lab).resolve()
+    prefix = lab.zfill(2) if lab.isdigit() else lab
+    matches = [p for p in lab_paths() if p.stem == prefix or p.stem.startswith(prefix + "_")]
+    if len(matches) != 1:
+        known = ", ".join(p.stem for p in lab_paths())
+        raise LookupError(f"no single lab matches {lab!r}; labs: {known}")
+    return matches[0]
+
+
+def parse_value(text: str) -> object:
+    """Read a -p value as JSON (numbers, true/false, null, lists), else keep it as a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def execute_lab(notebook: Path, profile: str, parameters: dict[str, object], out_dir: Path) -> Path:
+    """Execute one lab with papermill into `out_dir`; return the executed notebook's path."""
+    import papermill
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / notebook.name
+    params = {"profile": profile, **parameters}
+    (out_dir / f"{notebook.stem}.parameters.json").write_text(json.dumps(params, indent=2))
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=params,
+        cwd=str(notebook.parent),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    return output
+
+
+def run(lab: str, profile: str | None, param: list[list[str]], out: Path | None) -> int:
+    """Execute a lab (or all of them) with papermill; the executed notebook lands under runs/."""
+    from papermill.exceptions import PapermillExecutionError
+
+    chosen = resolve_profile(profile)
+    parameters = {key: parse_value(value) for key, value in param}
+    notebooks = lab_paths() if lab == "all" else [find_lab(lab)]
+    out_dir = out or RUNS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for notebook in notebooks:
+        print(f"running {notebook.stem} (profile={chosen}) -> {out_dir}")
+        try:
+            execute_lab(notebook, chosen, parameters, out_dir)
+        except PapermillExecutionError as error:
+            print(
+                f"{notebook.stem} failed in cell {error.exec_count}: {error.ename}: {error.evalue}",
+                file=sys.stderr,
+            )
+            print(
+                f"executed notebook with the traceback: {out_dir / notebook.name}", file=sys.stderr
+            )
+            return 1
+    print("all labs passed" if lab == "all" else f"{notebooks[0].stem} passed")
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def doctor() -> int:
+    """Print versions, device, GPU and whether shipped data and weights are present."""
+    import torch
+
+    from llmlab import data
+
+    print(f"python       {platform.python_version()} ({platform.machine()})")
+    for package in KEY_PACKAGES:
+        print(f"{package:<12} {_version(package)}")
+    device = pick_device("auto")
+    print(f"device       {device}")
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        print(f"gpu          {props.name} ({props.total_memory / 2**30:.0f} GiB)")
+    print(f"profile      {resolve_profile()}")
+    problems = 0
+    for name, status in data.check_all().items():
+        print(f"data         {name}: {status}")
+        problems += status != "ok"
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `llmlab` command line: one sub-command per task."""
+    parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="execute a lab (or 'all') with papermill")
+    run_parser.add_argument("lab", help="lab number or name (1, 01, 01_standardization) or 'all'")
+    run_parser.add_argument("--profile", choices=PROFILES, help="default: $LLMLAB_PROFILE or cpu")
+    run_parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a parameter of the lab's parameters cell, e.g. -p seed 3",
+    )
+    run_parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out))
+    doctor_parser = commands.add_parser("doctor", help="versions, device, data and weights")
+    doctor_parser.set_defaults(handler=lambda a: doctor())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `llmlab` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (LookupError, ValueError, FileNotFoundError) as error:
+        print(f"llmlab: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

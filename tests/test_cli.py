@@ -1,0 +1,41 @@
+import pytest
+
+from llmlab.cli import find_lab, lab_paths, main, parse_value
+
+
+def test_find_lab_accepts_number_and_name():
+    first = lab_paths()[0]
+    number = first.stem.split("_")[0]
+    assert find_lab(number.lstrip("0")) == first
+    assert find_lab(first.stem) == first
+
+
+def test_find_lab_lists_the_labs_when_nothing_matches():
+    with pytest.raises(LookupError, match="no single lab matches '99'"):
+        find_lab("99")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3", 3), ("0.5", 0.5), ("true", True), ("null", None), ("[1, 2]", [1, 2]), ("cpu", "cpu")],
+)
+def test_parse_value_reads_json_else_string(text, value):
+    assert parse_value(text) == value
+
+
+def test_run_rejects_unknown_profile(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "01", "--profile", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_run_rejects_a_parameter_without_value(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "01", "--profile", "smoke", "-p", "seed"])
+    assert "expected 2 arguments" in capsys.readouterr().err
+
+
+def test_run_of_an_unknown_lab_exits_2_with_the_list(capsys):
+    assert main(["run", "99", "--profile", "smoke"]) == 2
+    assert "no single lab matches '99'" in capsys.readouterr().err
