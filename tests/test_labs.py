@@ -1,0 +1,76 @@
+"""Every lab is in the book, has one standard `parameters` cell, and ends in asserted claims."""
+
+import ast
+
+import nbformat
+import pytest
+import yaml
+
+from llmlab.cli import lab_paths
+from llmlab.config import REPO_ROOT
+
+LABS = lab_paths()
+
+
+def toc_files() -> set[str]:
+    """Every `file:` entry of _toc.yml."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                found.add(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    found.add(toc["root"])
+    walk(toc)
+    return found
+
+
+def code_cells(path) -> list:
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_there_are_labs():
+    assert LABS, "no labs found in labs/"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_is_listed_in_the_toc(lab):
+    assert f"labs/{lab.stem}" in toc_files(), f"{lab.name} is missing from _toc.yml"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_has_one_parameters_cell_with_standard_knobs(lab):
+    cells = [c for c in code_cells(lab) if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{lab.name}: expected one cell tagged 'parameters', found {len(cells)}"
+    assigned = {
+        target.id
+        for node in ast.parse(cells[0].source).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    missing = {"profile", "seed", "device"} - assigned
+    assert not missing, f"{lab.name}: parameters cell does not set {sorted(missing)}"
+    assert "LLMLAB_PROFILE" in cells[0].source, f"{lab.name}: profile must read $LLMLAB_PROFILE"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_ends_with_an_assertions_cell(lab):
+    last = code_cells(lab)[-1].source
+    assert last.lstrip().startswith("# Claims of this lab"), f"{lab.name}: no claims cell"
+    asserts = [n for n in ast.walk(ast.parse(last)) if isinstance(n, ast.Assert)]
+    assert len(asserts) >= 2, f"{lab.name}: the claims cell asserts {len(asserts)} claim(s)"
+    assert all(a.msg is not None for a in asserts), f"{lab.name}: every claim needs a message"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_is_stored_without_outputs(lab):
+    dirty = [i for i, c in enumerate(code_cells(lab)) if c.outputs or c.execution_count]
+    assert not dirty, f"{lab.name}: code cells {dirty} carry outputs; clear them before committing"
