@@ -1,15 +1,17 @@
 # Two entry points: `make book` (execute every lab, build the HTML book) and `make test`.
+SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-BUILD := $(CURDIR)/_build
 PROFILE ?= $(or $(LLMLAB_PROFILE),cpu)
+# Each profile keeps its own artifacts, results and execution cache; cpu builds into _build/.
+BOOK_OUT := $(if $(filter cpu,$(PROFILE)),.,_build/profiles/$(PROFILE))
+export LLMLAB_BUILD_DIR := $(CURDIR)/$(BOOK_OUT)/_build
+export LLMLAB_PROFILE := $(PROFILE)
 # Tools write into $HOME by default: tools/env.sh keeps their state in the build dir.
 ENV := . $(CURDIR)/tools/env.sh &&
-SHELL := /bin/bash
 
-
-.PHONY: install book test lint lab clean
+.PHONY: install book test lint unit notebooks lab clean
 
 install: $(VENV)/.installed
 
@@ -20,17 +22,21 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 book: install
-	$(ENV) LLMLAB_PROFILE=$(PROFILE) $(BIN)/jupyter-book build -W -n --keep-going .
-	@echo "book: $(BUILD)/html/index.html"
+	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
+	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
+
+test: install
+	$(MAKE) PROFILE=smoke lint unit notebooks book
 
 lint: install
 	$(BIN)/ruff check llmlab tests labs
 	$(BIN)/ruff format --check llmlab tests labs
 
-test: install lint
-	$(ENV) LLMLAB_PROFILE=smoke $(BIN)/python -m pytest tests -q
-	$(ENV) LLMLAB_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax labs -q -p no:cacheprovider
-	$(MAKE) book PROFILE=smoke
+unit: install
+	$(ENV) $(BIN)/python -m pytest tests -q
+
+notebooks: install
+	$(ENV) $(BIN)/python -m pytest --nbval-lax labs -q -p no:cacheprovider
 
 lab: install
 	$(ENV) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)/labs
