@@ -1,0 +1,110 @@
+"""The published book as a reader meets it, in a real browser."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+from urllib.parse import urldefrag, urlparse
+
+import pytest
+import yaml
+
+from llmlab.config import REPO_ROOT
+
+
+def toc_pages() -> list[str]:
+    """Every document of _toc.yml, root first, as paths without suffix."""
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        pages += [chapter["file"] for chapter in part["chapters"]]
+    return pages
+
+
+PAGES = toc_pages()
+LABS = [page for page in PAGES if page.startswith("labs/")]
+
+
+def open_page(browser, url: str):
+    """Open `url`; return the page and the console errors and page errors it produced."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda req: errors.append(f"failed request {req.url}"))
+    page.goto(url, wait_until="networkidle")
+    return page, errors
+
+
+@pytest.mark.parametrize("doc", PAGES)
+def test_page_renders_without_console_errors(browser, base_url, doc):
+    page, errors = open_page(browser, f"{base_url}/{doc}.html")
+    assert page.locator("main h1").count() >= 1, f"{doc}: no title rendered"
+    assert not errors, f"{doc}: console errors {errors}"
+    page.close()
+
+
+@pytest.mark.parametrize("doc", LABS)
+def test_lab_page_shows_its_plots(browser, base_url, doc):
+    page, _ = open_page(browser, f"{base_url}/{doc}.html")
+    sizes = page.eval_on_selector_all(
+        "main img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+    )
+    assert sizes, f"{doc}: no plots on the page"
+    broken = [s for s in sizes if not (s[0] and s[1] > 0 and s[2] > 0)]
+    assert not broken, f"{doc}: {len(broken)} of {len(sizes)} images did not load"
+    page.close()
+
+
+def test_math_is_typeset(browser, base_url):
+    page, errors = open_page(browser, f"{base_url}/{LABS[0]}.html")
+    page.wait_for_selector("mjx-container", timeout=15_000)
+    assert page.locator("mjx-container").count() > 0
+    assert not errors, errors
+    page.close()
+
+
+def test_search_finds_a_term(browser, base_url):
+    page, _ = open_page(browser, f"{base_url}/search.html?q=standardization")
+    page.wait_for_selector("#search-results ul.search li", timeout=15_000)
+    hits = page.locator("#search-results ul.search li").all_inner_texts()
+    assert any("tandardization" in hit for hit in hits), hits
+    page.close()
+
+
+def test_internal_links_resolve(browser, base_url):
+    links: set[str] = set()
+    for doc in PAGES:
+        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
+        links |= {urldefrag(h)[0] for h in hrefs if urlparse(h).netloc == urlparse(base_url).netloc}
+        page.close()
+    broken = []
+    for link in sorted(links):
+        try:
+            urllib.request.urlopen(link, timeout=10).close()
+        except OSError as error:
+            broken.append(f"{link}: {error}")
+    assert len(links) > len(PAGES), "expected navigation links between pages"
+    assert not broken, broken
+
+
+def test_screenshots_of_two_pages(browser, base_url, site_dir):
+    shots = Path(os.environ.get("LLMLAB_SCREENSHOTS", site_dir.parent / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    for doc in (PAGES[0], LABS[0]):
+        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        target = shots / f"{doc.replace('/', '_')}.png"
+        page.screenshot(path=str(target), full_page=False)
+        assert target.stat().st_size > 10_000, f"{target} looks empty"
+        page.close()
+
+
+def test_every_lab_page_links_to_a_rerun_command(browser, base_url):
+    for doc in LABS:
+        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        text = page.locator("main").inner_text()
+        number = Path(doc).name.split("_")[0]
+        assert f"llmlab run {number}" in text, f"{doc}: no papermill rerun command in the header"
+        page.close()
