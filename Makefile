@@ -57,7 +57,7 @@ browser:
 	  { echo "install Debian's chromium package (sudo apt-get install chromium)"; exit 1; }
 
 lab: install
-	$(ENV) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)/labs
+	$(ENV) $(BIN)/llmlab lab
 
 clean:
 	rm -rf _build runs

@@ -129,6 +129,14 @@ def doctor() -> int:
     return 1 if problems else 0
 
 
+def lab(jupyter_args: list[str]) -> int:
+    """Start JupyterLab on labs/ with this environment's kernel."""
+    import subprocess
+
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={LABS_DIR}"]
+    return subprocess.call(command + jupyter_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `llmlab` command line: one sub-command per task."""
     parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
@@ -149,12 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out))
     doctor_parser = commands.add_parser("doctor", help="versions, device, data and weights")
     doctor_parser.set_defaults(handler=lambda a: doctor())
+    lab_parser = commands.add_parser(
+        "lab", help="open JupyterLab on the labs; extra arguments go to jupyter lab"
+    )
+    lab_parser.set_defaults(handler=lambda a: lab(a.jupyter_args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmlab` command."""
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "lab":
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    args.jupyter_args = extra
     try:
         return args.handler(args)
     except (LookupError, ValueError, FileNotFoundError) as error:
