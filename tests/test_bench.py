@@ -1,0 +1,52 @@
+import time
+
+import pytest
+import torch
+
+from llmlab.bench import Timing, time_call, torch_threads
+
+
+def test_time_call_measures_what_the_function_costs():
+    fast = time_call(lambda: None, repeats=5, warmup=1)
+    slow = time_call(lambda: time.sleep(0.01), repeats=5, warmup=1)
+    assert len(slow.samples) == 5
+    assert slow.p50 >= 0.01
+    assert slow.p50 > 10 * fast.p50
+
+
+def test_warmup_calls_are_not_timed():
+    calls = []
+
+    def first_call_is_slow():
+        calls.append(None)
+        if len(calls) == 1:
+            time.sleep(0.05)
+
+    timing = time_call(first_call_is_slow, repeats=4, warmup=1)
+    assert len(calls) == 5
+    assert max(timing.samples) < 0.05
+
+
+def test_percentiles_of_known_samples():
+    timing = Timing(samples=tuple(float(i) for i in range(1, 21)), threads=1)
+    assert timing.p50 == 10.5
+    assert timing.p95 == 19.0
+    assert timing.mean == 10.5
+    assert timing.as_ms()["p50_ms"] == 10500.0
+
+
+def test_threads_are_set_during_the_call_and_restored():
+    before = torch.get_num_threads()
+    seen = []
+    timing = time_call(lambda: seen.append(torch.get_num_threads()), repeats=2, warmup=0, threads=1)
+    assert set(seen) == {1}
+    assert timing.threads == 1
+    assert torch.get_num_threads() == before
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="threads"):
+        with torch_threads(0):
+            pass
