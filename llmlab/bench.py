@@ -69,27 +69,41 @@ def _cuda_synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def time_call(
-    fn: Callable[[], Any], repeats: int = 20, warmup: int = 3, threads: int | None = None
-) -> Timing:
-    """Call `fn` `warmup` times untimed, then time `repeats` calls with `threads` torch threads."""
+def time_calls(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> dict[str, Timing]:
+    """Time several functions in interleaved rounds, so load from other processes hits all alike."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=} {warmup=}")
-    samples = []
+    if not fns:
+        raise ValueError("nothing to time: fns is empty")
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch_threads(threads) as used_threads:
-        for _ in range(warmup):
-            fn()
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
         _cuda_synchronize()
         # A collection in the middle of a timed call would be charged to the model.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                _cuda_synchronize()
-                samples.append(time.perf_counter() - start)
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn()
+                    _cuda_synchronize()
+                    samples[name].append(time.perf_counter() - start)
         finally:
             if gc_was_enabled:
                 gc.enable()
-    return Timing(samples=tuple(samples), threads=used_threads)
+    return {name: Timing(tuple(times), used_threads) for name, times in samples.items()}
+
+
+def time_call(
+    fn: Callable[[], Any], repeats: int = 20, warmup: int = 3, threads: int | None = None
+) -> Timing:
+    """Call `fn` `warmup` times untimed, then time `repeats` calls with `threads` torch threads."""
+    return time_calls({"fn": fn}, repeats, warmup, threads)["fn"]

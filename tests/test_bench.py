@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from llmlab.bench import Timing, time_call, torch_threads
+from llmlab.bench import Timing, time_call, time_calls, torch_threads
 
 
 def test_time_call_measures_what_the_function_costs():
@@ -50,3 +50,13 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="threads"):
         with torch_threads(0):
             pass
+
+
+def test_time_calls_interleaves_so_both_see_the_same_machine():
+    order = []
+    timings = time_calls(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert set(timings) == {"a", "b"}
+    assert all(len(t.samples) == 3 for t in timings.values())
