@@ -137,6 +137,27 @@ def lab(jupyter_args: list[str]) -> int:
     return subprocess.call(command + jupyter_args)
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Serve a registered classifier over HTTP (FastAPI + uvicorn) until interrupted."""
+    import uvicorn
+
+    from llmlab.serve import ServeConfig, create_app
+
+    config = ServeConfig(
+        model=args.model,
+        challenger=args.challenger,
+        challenger_fraction=args.challenger_fraction,
+        backend=args.backend,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        timeout_s=args.timeout_s,
+        prediction_log=args.prediction_log,
+    )
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `llmlab` command line: one sub-command per task."""
     parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
@@ -161,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
         "lab", help="open JupyterLab on the labs; extra arguments go to jupyter lab"
     )
     lab_parser.set_defaults(handler=lambda a: lab(a.jupyter_args))
+    serve_parser = commands.add_parser("serve", help="serve a classifier over HTTP")
+    serve_parser.add_argument("--model", required=True, help="NAME@alias, or a model directory")
+    serve_parser.add_argument(
+        "--challenger", help="second model for A/B tests, e.g. NAME@challenger"
+    )
+    serve_parser.add_argument("--challenger-fraction", type=float, default=0.0)
+    serve_parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
+    serve_parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    serve_parser.add_argument(
+        "--max-batch-size", type=int, default=32, help="1 turns dynamic batching off"
+    )
+    serve_parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    serve_parser.add_argument("--timeout-s", type=float, default=10.0)
+    serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
+    serve_parser.set_defaults(handler=serve)
     return parser
 
 
