@@ -158,14 +158,33 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `llmlab` command line: one sub-command per task."""
-    parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="execute a lab (or 'all') with papermill")
-    run_parser.add_argument("lab", help="lab number or name (1, 01, 01_standardization) or 'all'")
-    run_parser.add_argument("--profile", choices=PROFILES, help="default: $LLMLAB_PROFILE or cpu")
-    run_parser.add_argument(
+def pipeline(args: argparse.Namespace) -> int:
+    """Run data -> train -> evaluate -> compress -> register -> serve; stop at the first failure."""
+    from llmlab.pipeline import (
+        default_stages,
+        failed_stage,
+        report_table,
+        run_pipeline,
+        select_stages,
+    )
+
+    stages = default_stages(args.model)
+    if args.stages:
+        stages = select_stages(stages, args.stages.split(","))
+    parameters = {key: parse_value(value) for key, value in args.param}
+    results = run_pipeline(stages, args.profile, args.out, parameters)
+    print(report_table(results).drop(columns="error").to_string())
+    failed = failed_stage(results)
+    if failed:
+        print(f"pipeline stopped at stage {failed.stage!r}: {failed.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_lab_options(parser: argparse.ArgumentParser) -> None:
+    """--profile, -p KEY VALUE and --out: how labs are executed."""
+    parser.add_argument("--profile", choices=PROFILES, help="default: $LLMLAB_PROFILE or cpu")
+    parser.add_argument(
         "-p",
         "--param",
         nargs=2,
@@ -174,7 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("KEY", "VALUE"),
         help="override a parameter of the lab's parameters cell, e.g. -p seed 3",
     )
-    run_parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `llmlab` command line: one sub-command per task."""
+    parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="execute a lab (or 'all') with papermill")
+    run_parser.add_argument("lab", help="lab number or name (1, 01, 01_standardization) or 'all'")
+    add_lab_options(run_parser)
     run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out))
     doctor_parser = commands.add_parser("doctor", help="versions, device, data and weights")
     doctor_parser.set_defaults(handler=lambda a: doctor())
@@ -199,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--timeout-s", type=float, default=10.0)
     serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
     serve_parser.set_defaults(handler=serve)
+    pipeline_parser = commands.add_parser(
+        "pipeline", help="data -> train -> evaluate -> compress -> register -> serve"
+    )
+    pipeline_parser.add_argument("--stages", help="comma-separated subset, e.g. data,serve")
+    pipeline_parser.add_argument("--model", default="classifier@champion", help="what to serve")
+    add_lab_options(pipeline_parser)
+    pipeline_parser.set_defaults(handler=pipeline)
     return parser
 
 

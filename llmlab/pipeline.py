@@ -1,0 +1,220 @@
+"""From data to a served model in one command: run stages in order, stop at the first failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmlab.config import REPO_ROOT, artifacts_dir, resolve_profile
+
+
+@dataclass
+class RunContext:
+    """What every stage gets: the profile, the run folder and the lab parameters."""
+
+    profile: str
+    out_dir: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageOutput:
+    """What a stage reports: one key metric and the artifact it produced."""
+
+    metric: str = ""
+    value: float | None = None
+    artifact: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of the pipeline."""
+
+    name: str
+    run: Callable[[RunContext], StageOutput]
+
+
+@dataclass
+class StageResult:
+    """One row of the run report."""
+
+    stage: str
+    status: str  # ok | failed | skipped
+    started_s: float = 0.0  # since the pipeline started
+    seconds: float = 0.0
+    metric: str = ""
+    value: float | None = None
+    artifact: str = ""
+    error: str = ""
+
+
+def run_pipeline(
+    stages: Sequence[Stage],
+    profile: str | None = None,
+    out_dir: Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[StageResult]:
+    """Run `stages` in order; after a failure the rest are skipped. Writes pipeline.json."""
+    names = [stage.name for stage in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names must be unique, got {names}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    context = RunContext(
+        resolve_profile(profile), Path(out_dir or REPO_ROOT / "runs" / stamp), parameters or {}
+    )
+    context.out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[StageResult] = []
+    start = time.perf_counter()
+    for stage in stages:
+        if results and results[-1].status != "ok":
+            results.append(StageResult(stage.name, "skipped"))
+            continue
+        log(f"[{stage.name}] running (profile={context.profile})")
+        began = time.perf_counter()
+        result = StageResult(stage.name, "ok", started_s=began - start)
+        try:
+            output = stage.run(context)
+            result.metric, result.value, result.artifact = (
+                output.metric,
+                output.value,
+                output.artifact,
+            )
+        except Exception as error:  # report any failure as the stage's, with its cause
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
+            (context.out_dir / f"{stage.name}.traceback.txt").write_text(traceback.format_exc())
+        result.seconds = time.perf_counter() - began
+        results.append(result)
+        shown = f"{result.metric}={result.value:.4g}" if result.value is not None else ""
+        log(f"[{stage.name}] {result.status} in {result.seconds:.1f} s {shown} {result.error}")
+    report = {"profile": context.profile, "stages": [asdict(r) for r in results]}
+    (context.out_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
+    return results
+
+
+def select_stages(stages: Sequence[Stage], names: Sequence[str]) -> list[Stage]:
+    """The stages called `names`, in pipeline order."""
+    unknown = set(names) - {stage.name for stage in stages}
+    if unknown:
+        known = ", ".join(stage.name for stage in stages)
+        raise LookupError(f"unknown stage(s) {sorted(unknown)}; stages: {known}")
+    return [stage for stage in stages if stage.name in names]
+
+
+def report_table(results: Sequence[StageResult]) -> pd.DataFrame:
+    """The run report as a table: stage, status, duration, key metric, artifact."""
+    return pd.DataFrame([asdict(result) for result in results]).set_index("stage")
+
+
+def failed_stage(results: Sequence[StageResult]) -> StageResult | None:
+    """The stage that stopped the pipeline, if any."""
+    return next((result for result in results if result.status == "failed"), None)
+
+
+def lab_stage(name: str, lab: str, metric: str = "", artifact: str = "") -> Stage:
+    """Execute lab `lab` with papermill into the run folder; report the `metric` it recorded."""
+
+    def run(context: RunContext) -> StageOutput:
+        from papermill.exceptions import PapermillExecutionError
+
+        from llmlab.cli import execute_lab, find_lab
+        from llmlab.results import load_results
+
+        notebook = find_lab(lab)
+        try:
+            execute_lab(notebook, context.profile, context.parameters, context.out_dir)
+        except PapermillExecutionError as error:
+            raise RuntimeError(
+                f"lab {notebook.stem} failed in cell {error.exec_count}: {error.ename}: "
+                f"{error.evalue} (executed notebook: {context.out_dir / notebook.name})"
+            ) from None
+        value = load_results(lab)[metric] if metric else None
+        return StageOutput(metric, value, str(artifacts_dir(artifact)) if artifact else "")
+
+    return Stage(name, run)
+
+
+def check_data(context: RunContext) -> StageOutput:
+    """Shipped data passes its checks; the split manifest is saved with the run."""
+    from llmlab import data
+
+    problems = {name: status for name, status in data.check_all().items() if status != "ok"}
+    if problems:
+        raise RuntimeError(f"data checks failed: {problems}")
+    manifest = context.out_dir / "data_manifest.json"
+    manifest.write_text(json.dumps(data.data_manifest(), indent=2))
+    return StageOutput("train_rows", float(len(data.load_splits()["train"])), str(manifest))
+
+
+def evaluate_classifier(context: RunContext) -> StageOutput:
+    """Macro-F1 of the saved classifier on the test split, measured on the artifact itself."""
+    from llmlab import data
+    from llmlab.config import require_artifact
+    from llmlab.metrics import classification_metrics
+    from llmlab.serve import load_classifier
+
+    path = require_artifact(artifacts_dir("classifier") / "config.json", "05").parent
+    classifier = load_classifier(path)
+    test = data.load_splits()["test"]
+    texts = test.text.tolist()
+    predicted = [
+        prediction["label"]
+        for start in range(0, len(texts), 64)
+        for prediction in classifier.predict(texts[start : start + 64])
+    ]
+    scores = classification_metrics(test.label.tolist(), predicted)
+    (context.out_dir / "evaluation.json").write_text(json.dumps(scores, indent=2))
+    return StageOutput("test_macro_f1", scores["macro_f1"], str(path))
+
+
+def smoke_test_service(model: str) -> Callable[[RunContext], StageOutput]:
+    """A stage that serves `model` on 127.0.0.1 and checks readiness, answers and a bad request."""
+
+    def run(context: RunContext) -> StageOutput:
+        import httpx
+
+        from llmlab import data
+        from llmlab.serve import serve_in_background
+
+        texts = data.load_splits()["test"].text.head(16).tolist()
+        with serve_in_background(model) as url, httpx.Client(base_url=url, timeout=30) as client:
+            if client.post("/predict", json={"text": ""}).status_code != 422:
+                raise RuntimeError("the service accepted an empty text")
+            started = time.perf_counter()
+            answers = [client.post("/predict", json={"text": text}) for text in texts]
+            latency_ms = 1000 * (time.perf_counter() - started) / len(texts)
+            batch = client.post("/predict", json={"texts": texts})
+            metrics = client.get("/metrics").text
+        failed = [a.status_code for a in [*answers, batch] if a.status_code != 200]
+        if failed:
+            raise RuntimeError(f"{len(failed)} smoke requests failed with {sorted(set(failed))}")
+        if "llmlab_requests_total" not in metrics:
+            raise RuntimeError("/metrics does not count requests")
+        version = answers[0].json()["predictions"][0]["model_version"]
+        (context.out_dir / "service.json").write_text(
+            json.dumps({"model": model, "version": version})
+        )
+        return StageOutput("mean_latency_ms", latency_ms, f"{model} (version {version})")
+
+    return run
+
+
+def default_stages(model: str = "classifier@champion") -> list[Stage]:
+    """data -> train -> evaluate -> compress -> register (promotion gate) -> serve."""
+    return [
+        Stage("data", check_data),
+        lab_stage("train", "05", artifact="classifier"),
+        Stage("evaluate", evaluate_classifier),
+        lab_stage("compress", "08", artifact="compressed"),
+        lab_stage("register", "09"),
+        Stage("serve", smoke_test_service(model)),
+    ]

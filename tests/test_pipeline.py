@@ -1,0 +1,112 @@
+"""The pipeline engine on fake stages (fast), one real lab stage, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from llmlab import cli, pipeline
+from llmlab.pipeline import (
+    Stage,
+    StageOutput,
+    failed_stage,
+    lab_stage,
+    report_table,
+    run_pipeline,
+    select_stages,
+)
+
+
+def fake_stage(name: str, calls: list[str], fail: bool = False) -> Stage:
+    def run(context):
+        calls.append(name)
+        if fail:
+            raise RuntimeError(f"{name} broke")
+        return StageOutput("score", 0.5, f"{context.out_dir}/{name}")
+
+    return Stage(name, run)
+
+
+def test_all_stages_run_in_order_and_the_report_is_saved(tmp_path):
+    calls: list[str] = []
+    stages = [fake_stage(name, calls) for name in ("data", "train", "serve")]
+    results = run_pipeline(stages, "smoke", tmp_path, log=lambda line: None)
+    assert calls == ["data", "train", "serve"]
+    assert [r.status for r in results] == ["ok"] * 3
+    assert failed_stage(results) is None
+    assert results[1].started_s >= results[0].started_s + results[0].seconds
+    saved = json.loads((tmp_path / "pipeline.json").read_text())
+    assert saved["profile"] == "smoke"
+    assert [s["artifact"] for s in saved["stages"]] == [f"{tmp_path}/{n}" for n in calls]
+
+
+def test_the_first_failure_stops_the_pipeline(tmp_path):
+    calls: list[str] = []
+    stages = [
+        fake_stage("data", calls),
+        fake_stage("train", calls, fail=True),
+        fake_stage("register", calls),
+    ]
+    results = run_pipeline(stages, "smoke", tmp_path, log=lambda line: None)
+    assert calls == ["data", "train"], "nothing runs after a failed stage"
+    assert [r.status for r in results] == ["ok", "failed", "skipped"]
+    assert failed_stage(results).error == "RuntimeError: train broke"
+    assert "train broke" in (tmp_path / "train.traceback.txt").read_text()
+    table = report_table(results)
+    assert table.loc["register", "status"] == "skipped"
+
+
+def test_stage_names_must_be_unique(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run_pipeline([fake_stage("a", []), fake_stage("a", [])], "smoke", tmp_path)
+
+
+def test_select_stages_keeps_pipeline_order_and_names_unknown_ones():
+    stages = [fake_stage(name, []) for name in ("data", "train", "serve")]
+    assert [s.name for s in select_stages(stages, ["serve", "data"])] == ["data", "serve"]
+    with pytest.raises(LookupError, match=r"unknown stage\(s\) \['deploy'\]; stages: data, train"):
+        select_stages(stages, ["deploy"])
+
+
+def test_default_stages_cover_the_whole_path():
+    names = [stage.name for stage in pipeline.default_stages()]
+    assert names == ["data", "train", "evaluate", "compress", "register", "serve"]
+
+
+def test_a_failing_lab_stops_with_the_cell_and_the_error(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    parameters = nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]})
+    notebook.cells = [parameters, nbformat.v4.new_code_cell("assert profile == 'gpu', 'no GPU'")]
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(notebook, path)
+    results = run_pipeline([lab_stage("train", str(path))], "smoke", tmp_path / "run", log=print)
+    error = failed_stage(results).error
+    # Cell 3 of the executed notebook: papermill inserts the injected parameters as cell 2.
+    assert "lab 99_broken failed in cell 3: AssertionError: no GPU" in error
+    assert (tmp_path / "run" / "99_broken.ipynb").exists(), "the executed notebook is kept"
+
+
+def test_cli_exits_1_and_names_the_failed_stage(monkeypatch, tmp_path, capsys):
+    calls: list[str] = []
+    stages = [fake_stage("data", calls), fake_stage("train", calls, fail=True)]
+    monkeypatch.setattr(pipeline, "default_stages", lambda model: stages)
+    assert cli.main(["pipeline", "--profile", "smoke", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "pipeline stopped at stage 'train': RuntimeError: train broke" in captured.err
+    assert "skipped" not in captured.out and "failed" in captured.out
+
+
+def test_cli_runs_a_chosen_subset(monkeypatch, tmp_path):
+    calls: list[str] = []
+    stages = [fake_stage(name, calls) for name in ("data", "train", "serve")]
+    monkeypatch.setattr(pipeline, "default_stages", lambda model: stages)
+    assert cli.main(["pipeline", "--stages", "data,serve", "--out", str(tmp_path)]) == 0
+    assert calls == ["data", "serve"]
+    assert cli.main(["pipeline", "--stages", "deploy"]) == 2
