@@ -1,0 +1,242 @@
+"""A model registry over MLflow: versions with lineage, aliases promoted through a metric gate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from llmlab.config import REPO_ROOT, build_dir
+
+EXPERIMENT = "model-registry"
+LINEAGE_TAG = "llmlab.lineage"
+HISTORY_TAG = "llmlab.alias_history.{alias}"
+
+
+class PromotionRefused(ValueError):
+    """The candidate is worse than the model that holds the alias now."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a registered model, with where its files are and where they came from."""
+
+    name: str
+    version: int
+    path: Path
+    metrics: dict[str, float]
+    lineage: dict[str, Any]
+    aliases: list[str] = field(default_factory=list)
+    run_id: str = ""
+    created_ms: int = 0
+
+    @property
+    def ref(self) -> str:
+        """The `name/version` reference that resolve() accepts."""
+        return f"{self.name}/{self.version}"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The registry database: `uri`, else $MLFLOW_TRACKING_URI, else sqlite in the build dir."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{build_dir() / 'mlflow.db'}"
+
+
+def _client(uri: str | None):
+    """An MlflowClient whose tracking and registry both live in `uri`."""
+    from mlflow.tracking import MlflowClient
+
+    # MLflow announces its one-time table creation at INFO on every fresh database.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    uri = tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Keep a sqlite registry's files next to its database (MLflow's default is ./mlruns)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return str(database.resolve().parent / f"{database.stem}-artifacts")
+
+
+def code_version(repo: Path = REPO_ROOT) -> str:
+    """The git commit of `repo` (suffixed '-dirty' with uncommitted changes), else 'unknown'."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if status.strip() else commit
+
+
+def make_lineage(
+    data_hash: str,
+    config: dict[str, Any],
+    parent: str | None = None,
+    wandb_run_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Where a model came from: data hash, code version, config, parent version, tracking run."""
+    return {
+        "data_hash": data_hash,
+        "code_version": code_version(),
+        "config": config,
+        "parent": parent,
+        "wandb_run_id": wandb_run_id,
+        **extra,
+    }
+
+
+def register(
+    model_dir: Path | str,
+    name: str,
+    metrics: dict[str, float],
+    lineage: dict[str, Any],
+    uri: str | None = None,
+) -> int:
+    """Copy `model_dir` into the registry as a new version of `name`; return the version number."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir() or not any(model_dir.iterdir()):
+        raise FileNotFoundError(f"{model_dir} is not a directory with model files in it")
+    missing = {"data_hash", "code_version"} - set(lineage)
+    if missing:
+        raise ValueError(f"lineage needs {sorted(missing)}: build it with make_lineage()")
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(EXPERIMENT, _artifact_location(tracking_uri(uri)))
+    )
+    run = client.create_run(experiment_id, run_name=name, tags={"model": name})
+    run_id = run.info.run_id
+    client.log_artifacts(run_id, str(model_dir), "model")
+    for metric, value in metrics.items():
+        client.log_metric(run_id, metric, float(value))
+    client.set_terminated(run_id)
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name)
+    # One JSON tag round-trips the lineage exactly; the flat tags make it readable in the MLflow UI.
+    tags = {LINEAGE_TAG: json.dumps(lineage, sort_keys=True, default=str)}
+    tags |= {k: v if isinstance(v, str) else json.dumps(v) for k, v in lineage.items()}
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags
+    )
+    return int(version.version)
+
+
+def _local_path(source: str, uri: str | None) -> Path:
+    """A local directory with the version's files: the store itself if local, else a download."""
+    parsed = urlparse(source)
+    if parsed.scheme == "":
+        return Path(source)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(artifact_uri=source, tracking_uri=tracking_uri(uri)))
+
+
+def _describe(client, version, uri: str | None) -> RegisteredVersion:
+    """Turn an MLflow ModelVersion into a RegisteredVersion with a local path."""
+    path = _local_path(version.source, uri)
+    return RegisteredVersion(
+        name=version.name,
+        version=int(version.version),
+        path=path,
+        metrics=dict(client.get_run(version.run_id).data.metrics),
+        lineage=json.loads(version.tags.get(LINEAGE_TAG, "{}")),
+        aliases=list(version.aliases),
+        run_id=version.run_id,
+        created_ms=int(version.creation_timestamp),
+    )
+
+
+def resolve(ref: str, uri: str | None = None) -> RegisteredVersion:
+    """Look up `name@alias` or `name/version` (a `models:/` prefix is allowed)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    ref = ref.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in ref:
+            name, number = ref.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            raise ValueError(f"reference {ref!r} must look like name@alias or name/version")
+    except MlflowException as error:
+        raise LookupError(f"no registered model matches {ref!r}: {error.message}") from error
+    return _describe(client, version, uri)
+
+
+def versions(name: str, uri: str | None = None) -> list[RegisteredVersion]:
+    """Every version of `name`, oldest first."""
+    client = _client(uri)
+    found = client.search_model_versions(filter_string=f"name = '{name}'")
+    return sorted((_describe(client, v, uri) for v in found), key=lambda v: v.version)
+
+
+def alias_history(name: str, alias: str, uri: str | None = None) -> list[int]:
+    """Versions that have held `alias`, oldest first; the last one holds it now."""
+    tags = _client(uri).get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG.format(alias=alias), "[]"))
+
+
+def _set_alias(client, name: str, alias: str, version: int, history: list[int]) -> None:
+    """Point `alias` at `version` and remember the history that rollback() walks back."""
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+
+
+def promote(
+    name: str,
+    version: int,
+    alias: str = "champion",
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    uri: str | None = None,
+) -> int:
+    """Give `alias` to `version` unless it is worse on `metric` than the current holder."""
+    client = _client(uri)
+    candidate = resolve(f"{name}/{version}", uri)
+    if metric not in candidate.metrics:
+        raise KeyError(f"{candidate.ref} has no metric {metric!r}: {sorted(candidate.metrics)}")
+    history = alias_history(name, alias, uri)
+    if history:
+        holder = resolve(f"{name}@{alias}", uri)
+        new, old = candidate.metrics[metric], holder.metrics.get(metric, float("nan"))
+        worse = new < old if higher_is_better else new > old
+        if worse:
+            raise PromotionRefused(
+                f"{candidate.ref} has {metric}={new:.4f}, worse than {alias} "
+                f"{holder.ref} with {old:.4f}: not promoted"
+            )
+        if holder.version == candidate.version:
+            return candidate.version
+    _set_alias(client, name, alias, candidate.version, [*history, candidate.version])
+    return candidate.version
+
+
+def rollback(name: str, alias: str = "champion", uri: str | None = None) -> int:
+    """Give `alias` back to the version that held it before; return that version."""
+    history = alias_history(name, alias, uri)
+    if len(history) < 2:
+        raise LookupError(f"{name}@{alias} has no earlier holder to roll back to: {history}")
+    _set_alias(_client(uri), name, alias, history[-2], history[:-1])
+    return history[-2]

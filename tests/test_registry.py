@@ -1,0 +1,110 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmlab import registry
+
+
+@pytest.fixture(scope="session")
+def empty_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables created once (the migrations take seconds)."""
+    path = tmp_path_factory.mktemp("registry-template") / "mlflow.db"
+    registry._client(f"sqlite:///{path}").search_registered_models()
+    return path
+
+
+@pytest.fixture
+def uri(empty_database: Path, tmp_path: Path) -> str:
+    """A fresh sqlite registry for one test."""
+    database = tmp_path / "registry" / "mlflow.db"
+    database.parent.mkdir()
+    shutil.copy(empty_database, database)
+    return f"sqlite:///{database}"
+
+
+def model_dir(root: Path, weights: str) -> Path:
+    """A tiny stand-in for a saved model directory."""
+    path = root / f"model-{weights}"
+    path.mkdir()
+    (path / "weights.txt").write_text(weights)
+    return path
+
+
+def register(uri: str, root: Path, weights: str, accuracy: float, parent=None) -> int:
+    lineage = registry.make_lineage("hash-" + weights, {"lr": 0.1, "weights": weights}, parent)
+    return registry.register(model_dir(root, weights), "clf", {"accuracy": accuracy}, lineage, uri)
+
+
+def test_versions_are_numbered_and_never_lost(uri, tmp_path):
+    numbers = [register(uri, tmp_path, w, acc) for w, acc in [("a", 0.8), ("b", 0.7), ("c", 0.9)]]
+    assert numbers == [1, 2, 3]
+    listed = registry.versions("clf", uri)
+    assert [v.version for v in listed] == [1, 2, 3]
+    assert [(v.path / "weights.txt").read_text() for v in listed] == ["a", "b", "c"]
+    assert [v.metrics["accuracy"] for v in listed] == [0.8, 0.7, 0.9]
+    assert all(Path(uri.removeprefix("sqlite:///")).parent in v.path.parents for v in listed)
+
+
+def test_resolve_returns_files_and_exact_lineage(uri, tmp_path):
+    first = register(uri, tmp_path, "a", 0.8)
+    second = register(uri, tmp_path, "b", 0.85, parent=f"clf/{first}")
+    found = registry.resolve(f"models:/clf/{second}", uri)
+    assert (found.path / "weights.txt").read_text() == "b"
+    assert found.lineage["parent"] == "clf/1"
+    assert found.lineage["data_hash"] == "hash-b"
+    assert found.lineage["config"] == {"lr": 0.1, "weights": "b"}
+    assert found.lineage["code_version"] == registry.code_version()
+
+
+def test_promotion_gate_refuses_a_worse_model(uri, tmp_path):
+    good = register(uri, tmp_path, "a", 0.8)
+    worse = register(uri, tmp_path, "b", 0.7)
+    registry.promote("clf", good, "champion", uri=uri)
+    with pytest.raises(registry.PromotionRefused, match="worse"):
+        registry.promote("clf", worse, "champion", uri=uri)
+    assert registry.resolve("clf@champion", uri).version == good
+    better = register(uri, tmp_path, "c", 0.9)
+    registry.promote("clf", better, "champion", uri=uri)
+    assert registry.resolve("clf@champion", uri).aliases == ["champion"]
+    assert registry.resolve("clf@champion", uri).version == better
+
+
+def test_gate_direction_for_a_loss(uri, tmp_path):
+    lineage = registry.make_lineage("h", {})
+    low = registry.register(model_dir(tmp_path, "a"), "lm", {"loss": 1.0}, lineage, uri)
+    high = registry.register(model_dir(tmp_path, "b"), "lm", {"loss": 2.0}, lineage, uri)
+    registry.promote("lm", low, metric="loss", higher_is_better=False, uri=uri)
+    with pytest.raises(registry.PromotionRefused):
+        registry.promote("lm", high, metric="loss", higher_is_better=False, uri=uri)
+
+
+def test_rollback_restores_the_previous_champion(uri, tmp_path):
+    first = register(uri, tmp_path, "a", 0.8)
+    second = register(uri, tmp_path, "b", 0.9)
+    with pytest.raises(LookupError, match="no earlier holder"):
+        registry.rollback("clf", "champion", uri)
+    registry.promote("clf", first, uri=uri)
+    registry.promote("clf", second, uri=uri)
+    assert registry.rollback("clf", "champion", uri) == first
+    assert registry.resolve("clf@champion", uri).version == first
+    assert registry.alias_history("clf", "champion", uri) == [first]
+    assert len(registry.versions("clf", uri)) == 2
+
+
+def test_bad_input_gets_clear_errors(uri, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no|not"):
+        registry.register(empty, "clf", {}, registry.make_lineage("h", {}), uri)
+    with pytest.raises(ValueError, match="data_hash"):
+        registry.register(model_dir(tmp_path, "a"), "clf", {}, {"config": {}}, uri)
+    with pytest.raises(ValueError, match="name@alias"):
+        registry.resolve("clf", uri)
+    with pytest.raises(LookupError, match="clf@champion"):
+        registry.resolve("clf@champion", uri)
+
+
+def test_code_version_is_a_commit_or_unknown(tmp_path):
+    assert len(registry.code_version().removesuffix("-dirty")) == 40
+    assert registry.code_version(tmp_path) == "unknown"
