@@ -164,14 +164,15 @@ def load_classifier(
 
 
 def resolve_model(reference: str) -> tuple[Path, str]:
-    """A model directory (version = its resolved name) or a registry reference NAME@alias."""
+    """A model directory (version: its resolved name) or a registry reference NAME@alias or
+    NAME/VERSION (version: NAME/VERSION, which the alias points at now)."""
     path = Path(reference)
     if path.is_dir():
         return path, path.resolve().name
     from llmlab import registry
 
     resolved = registry.resolve(reference)
-    return Path(resolved.path), str(resolved.version)
+    return resolved.path, resolved.ref
 
 
 def load_model(reference: str, backend: str = "auto", device: str = "cpu") -> Classifier:

@@ -377,3 +377,18 @@ def test_llmlab_serve_answers_real_http_load_on_localhost(models):
     summary = summarize(requests)
     assert summary["failed"] == 0 and summary["requests"] == 24
     assert set(requests.model_version) == {"v1"}
+
+
+def test_moving_the_registry_alias_and_reloading_switches_the_served_version(models):
+    from llmlab import registry
+
+    lineage = registry.make_lineage("data-hash", {"layers": 1})
+    first = registry.register(models["v1"], "tiny", {"accuracy": 0.5}, lineage)
+    second = registry.register(models["v2"], "tiny", {"accuracy": 0.6}, lineage)
+    registry.promote("tiny", first)
+    with TestClient(create_app(ServeConfig(model="tiny@champion"))) as client:
+        assert client.get("/ready").json()["models"] == {"champion": f"tiny/{first}"}
+        registry.promote("tiny", second)
+        assert client.post("/admin/reload").json() == {"models": {"champion": f"tiny/{second}"}}
+        answer = client.post("/predict", json={"text": "hi"}).json()
+        assert answer["predictions"][0]["model_version"] == f"tiny/{second}"
