@@ -204,32 +204,44 @@ def _set_alias(client, name: str, alias: str, version: int, history: list[int]) 
     client.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
 
 
+def _holder(name: str, alias: str, uri: str | None) -> RegisteredVersion | None:
+    """The version that holds `alias` now, if any."""
+    try:
+        return resolve(f"{name}@{alias}", uri)
+    except LookupError:
+        return None
+
+
 def promote(
     name: str,
     version: int,
     alias: str = "champion",
-    metric: str = "accuracy",
+    metric: str | None = "accuracy",
     higher_is_better: bool = True,
+    tolerance: float = 0.0,
     uri: str | None = None,
 ) -> int:
-    """Give `alias` to `version` unless it is worse on `metric` than the current holder."""
-    client = _client(uri)
+    """Give `alias` to `version`; refuse if it trails the holder on `metric` by > `tolerance`.
+
+    `metric=None` moves the alias without a gate (e.g. to name a challenger).
+    """
     candidate = resolve(f"{name}/{version}", uri)
-    if metric not in candidate.metrics:
-        raise KeyError(f"{candidate.ref} has no metric {metric!r}: {sorted(candidate.metrics)}")
-    history = alias_history(name, alias, uri)
-    if history:
-        holder = resolve(f"{name}@{alias}", uri)
-        new, old = candidate.metrics[metric], holder.metrics.get(metric, float("nan"))
-        worse = new < old if higher_is_better else new > old
-        if worse:
+    holder = _holder(name, alias, uri)
+    if metric is not None and holder is not None:
+        for entry in (candidate, holder):
+            if metric not in entry.metrics:
+                raise KeyError(f"{entry.ref} has no metric {metric!r}: {sorted(entry.metrics)}")
+        new, old = candidate.metrics[metric], holder.metrics[metric]
+        drop = old - new if higher_is_better else new - old
+        if drop > tolerance:
             raise PromotionRefused(
-                f"{candidate.ref} has {metric}={new:.4f}, worse than {alias} "
-                f"{holder.ref} with {old:.4f}: not promoted"
+                f"{candidate.ref} has {metric}={new:.4f}, worse than {name}@{alias} "
+                f"({holder.ref}) with {old:.4f} by more than {tolerance}: not promoted"
             )
-        if holder.version == candidate.version:
-            return candidate.version
-    _set_alias(client, name, alias, candidate.version, [*history, candidate.version])
+    if holder is not None and holder.version == candidate.version:
+        return candidate.version
+    history = alias_history(name, alias, uri) or ([holder.version] if holder else [])
+    _set_alias(_client(uri), name, alias, candidate.version, [*history, candidate.version])
     return candidate.version
 
 

@@ -108,3 +108,16 @@ def test_bad_input_gets_clear_errors(uri, tmp_path):
 def test_code_version_is_a_commit_or_unknown(tmp_path):
     assert len(registry.code_version().removesuffix("-dirty")) == 40
     assert registry.code_version(tmp_path) == "unknown"
+
+
+def test_tolerance_admits_a_small_drop_and_no_gate_moves_freely(uri, tmp_path):
+    champion = register(uri, tmp_path, "a", 0.90)
+    slightly_worse = register(uri, tmp_path, "b", 0.895)
+    much_worse = register(uri, tmp_path, "c", 0.5)
+    registry.promote("clf", champion, uri=uri)
+    with pytest.raises(registry.PromotionRefused):
+        registry.promote("clf", slightly_worse, uri=uri)
+    assert registry.promote("clf", slightly_worse, tolerance=0.01, uri=uri) == slightly_worse
+    registry.promote("clf", much_worse, "challenger", metric=None, uri=uri)
+    assert registry.resolve("clf@challenger", uri).version == much_worse
+    assert registry.alias_history("clf", "champion", uri) == [champion, slightly_worse]
