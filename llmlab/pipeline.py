@@ -183,10 +183,10 @@ def smoke_test_service(model: str) -> Callable[[RunContext], StageOutput]:
         import httpx
 
         from llmlab import data
-        from llmlab.serve import serve_in_background
+        from llmlab.serve import BackgroundServer
 
         texts = data.load_splits()["test"].text.head(16).tolist()
-        with serve_in_background(model) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with BackgroundServer(model) as server, httpx.Client(base_url=server.url) as client:
             if client.post("/predict", json={"text": ""}).status_code != 422:
                 raise RuntimeError("the service accepted an empty text")
             started = time.perf_counter()

@@ -7,12 +7,13 @@ import contextlib
 import itertools
 import json
 import random
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -602,43 +603,74 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    """Poll GET /ready until 200; fail with the server's log if it exits or takes too long."""
-    import httpx
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (Linux), so no server outlives a crashed
+    notebook kernel."""
+    if sys.platform == "linux":
+        import ctypes
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text()[-2000:]
-            raise RuntimeError(f"server exited with code {process.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"server at {url} not ready after {timeout_s:g} s; log: {log}")
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-@contextlib.contextmanager
-def serve_in_background(model: str, *options: str, ready_timeout_s: float = 120.0) -> Iterator[str]:
-    """Run `llmlab serve --model MODEL OPTIONS` on 127.0.0.1 in a subprocess; yield its URL."""
-    port = free_port()
-    log = build_dir() / "serving" / f"server-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "llmlab.cli", "serve", "--model", model]
-    command += ["--host", "127.0.0.1", "--port", str(port), *options]
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+class BackgroundServer:
+    """`llmlab serve --model MODEL OPTIONS` in a subprocess on 127.0.0.1.
+
+    `start()` returns at once (start several, then wait for each); `with` starts and waits."""
+
+    def __init__(self, model: str, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = build_dir() / "serving" / f"server-{self.port}.log"
+        self.command = [sys.executable, "-m", "llmlab.cli", "serve", "--model", model]
+        self.command += ["--host", "127.0.0.1", "--port", str(self.port), *options]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> BackgroundServer:
+        """Launch the server process (output goes to `self.log`)."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as output:
+            self.process = subprocess.Popen(
+                self.command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> str:
+        """Poll GET /ready until 200; fail with the server's log if it exits or takes too long."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log.read_text()[-2000:]
+                raise RuntimeError(f"server exited with code {self.process.returncode}:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ready", timeout=1.0).status_code == 200:
+                    return self.url
+            time.sleep(0.1)
+        raise TimeoutError(f"server at {self.url} not ready after {timeout_s:g} s; log: {self.log}")
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn finishes requests in flight), SIGKILL if that takes over 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
         try:
-            wait_until_ready(url, process, ready_timeout_s, log)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> BackgroundServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 async def load_test(
@@ -650,7 +682,8 @@ async def load_test(
     timeout_s: float = 10.0,
 ) -> pd.DataFrame:
     """Closed-loop load: `concurrency` clients each send one text per POST /predict, then the
-    next, until `requests` were sent or `time_limit_s` passed. One row per request."""
+    next, until `requests` were sent or `time_limit_s` passed. One row per request, with the
+    index of its text, send time, latency, status and the answer's variant, label and version."""
     import httpx
     import pandas as pd
 
@@ -667,9 +700,10 @@ async def load_test(
                 index := next(counter)
             ) < requests and time.perf_counter() - start < time_limit_s:
                 sent = time.perf_counter()
-                row: dict[str, Any] = {"sent_s": sent - start, "status": 0}
+                row: dict[str, Any] = {"text_index": index % len(texts), "sent_s": sent - start}
+                row["status"] = 0  # no HTTP answer at all
                 try:
-                    text = texts[index % len(texts)]
+                    text = texts[row["text_index"]]
                     response = await client.post("/predict", json={"text": text})
                     row["status"] = response.status_code
                     if response.status_code == 200:

@@ -21,12 +21,12 @@ from llmlab.serve import (
     MAX_BODY_BYTES,
     MAX_ITEMS,
     MAX_TEXT_CHARS,
+    BackgroundServer,
     DynamicBatcher,
     ServeConfig,
     create_app,
     load_classifier,
     load_test,
-    serve_in_background,
     summarize,
 )
 
@@ -371,12 +371,20 @@ def test_summarize_computes_throughput_and_percentiles():
 
 
 def test_llmlab_serve_answers_real_http_load_on_localhost(models):
-    with serve_in_background(str(models["v1"]), "--max-batch-size", "8") as url:
-        assert url.startswith("http://127.0.0.1:")
-        requests = asyncio.run(load_test(url, TEXTS, requests=24, concurrency=6))
+    with BackgroundServer(str(models["v1"]), "--max-batch-size", "8") as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        requests = asyncio.run(load_test(server.url, TEXTS, requests=24, concurrency=6))
+    assert server.process.poll() is not None, "leaving the block stops the server"
     summary = summarize(requests)
     assert summary["failed"] == 0 and summary["requests"] == 24
     assert set(requests.model_version) == {"v1"}
+    assert sorted(requests.text_index) == sorted(i % len(TEXTS) for i in range(24))
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="server exited with code"):
+        with BackgroundServer(str(tmp_path / "no-such-model")):
+            pass
 
 
 def test_moving_the_registry_alias_and_reloading_switches_the_served_version(models):
