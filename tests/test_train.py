@@ -1,0 +1,244 @@
+"""The training loop on tiny models: it learns, resumes exactly, writes loadable checkpoints."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from llmlab.bench import torch_threads
+from llmlab.train import (
+    SimulatedCrash,
+    TrainConfig,
+    classification_loss,
+    count_tokens,
+    evaluate,
+    flops_per_token,
+    list_checkpoints,
+    load_weights,
+    lr_at,
+    mfu,
+    peak_flops,
+    shuffled_batches,
+    train,
+    unwrap,
+)
+
+VOCAB, CONTEXT = 12, 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
+    with torch_threads(1):
+        yield
+
+
+class TinyLM(nn.Module):
+    """Bigram-ish LM with dropout (so resume must restore the RNG) and a tied output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.hidden = nn.Linear(16, 16)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, input_ids, labels=None):
+        hidden = self.dropout(torch.tanh(self.hidden(self.embed(input_ids))))
+        logits = hidden @ self.embed.weight.T
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return {"logits": logits, "loss": loss}
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """A cyclic sequence (next token = token + 1 mod VOCAB) cut into windows."""
+
+    def __init__(self, count: int) -> None:
+        self.tokens = torch.arange(count + CONTEXT + 1) % VOCAB
+
+    def __len__(self) -> int:
+        return len(self.tokens) - CONTEXT - 1
+
+    def __getitem__(self, index):
+        window = self.tokens[index : index + CONTEXT + 1]
+        return {"input_ids": window[:-1], "labels": window[1:]}
+
+
+def lm_setup(tmp_path, **overrides):
+    torch.manual_seed(0)
+    settings = dict(
+        max_steps=12,
+        lr=3e-2,
+        warmup_steps=2,
+        grad_accum_steps=2,
+        log_every=1,
+        eval_every=3,
+        checkpoint_dir=tmp_path and tmp_path / "ckpt",
+        checkpoint_every=4,
+        device="cpu",
+        progress=False,
+    )
+    config = TrainConfig(**(settings | overrides))
+    batches = shuffled_batches(TokenDataset(40), batch_size=4, seed=1)
+    val = list(torch.utils.data.DataLoader(TokenDataset(16), batch_size=8))
+    return TinyLM(), batches, val, config
+
+
+def test_loss_decreases_on_a_tiny_classifier():
+    torch.manual_seed(0)
+    features = torch.randn(64, 4)
+    labels = (features[:, 0] + features[:, 1] > 0).long()
+    batches = [{"x": features[i : i + 16], "labels": labels[i : i + 16]} for i in range(0, 64, 16)]
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.linear(x)
+
+    model = Classifier()
+    before = evaluate(model, batches, classification_loss)
+    config = TrainConfig(max_steps=40, lr=0.1, warmup_steps=2, log_every=5, progress=False)
+    logged = []
+
+    class Recorder:  # stands in for llmlab.track.Tracker
+        def log(self, metrics, step):
+            logged.append((step, metrics))
+
+    result = train(
+        model,
+        batches,
+        config,
+        loss_fn=classification_loss,
+        val_batches=batches,
+        tracker=Recorder(),
+    )
+    assert result.steps == 40
+    assert [step for step, _ in logged] == result.history["step"].tolist() == list(range(5, 41, 5))
+    assert "val_loss" in logged[-1][1] and "train_loss" in logged[0][1]
+    assert result.final_metrics["val_loss"] < 0.5 * before
+    assert result.history["train_loss"].iloc[-1] < result.history["train_loss"].iloc[0]
+    assert result.tokens_per_s > 0
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
+    model, batches, val, config = lm_setup(tmp_path / "a")
+    full = train(model, batches, config, val_batches=val)
+
+    model, batches, val, config = lm_setup(tmp_path / "b", stop_after_steps=6)
+    with pytest.raises(SimulatedCrash):
+        train(model, batches, config, val_batches=val)
+    assert [p.name for p in list_checkpoints(config.checkpoint_dir)] == ["step_0000004"]
+
+    torch.manual_seed(123)  # a freshly initialised model: everything must come from the checkpoint
+    config.stop_after_steps = None
+    resumed = train(TinyLM(), batches, config, val_batches=val)
+
+    assert resumed.resumed_from == 4
+    assert full.history["step"].tolist() == resumed.history["step"].tolist()
+    for column in ("train_loss", "val_loss", "lr"):
+        a, b = full.history[column].to_numpy(), resumed.history[column].to_numpy()
+        assert a == pytest.approx(b, abs=1e-6, nan_ok=True), column
+    assert full.history["train_loss"].iloc[-1] < full.history["train_loss"].iloc[0]
+
+
+def test_checkpoints_are_safetensors_and_weights_only_loadable(tmp_path):
+    model, batches, val, config = lm_setup(tmp_path)
+    result = train(model, batches, config, val_batches=val)
+    folders = list_checkpoints(config.checkpoint_dir)
+    assert [p.name for p in folders] == ["step_0000004", "step_0000008", "step_0000012"]
+    assert result.checkpoint == folders[-1]
+    assert not list(config.checkpoint_dir.glob(".tmp-*")), "a temp folder was left behind"
+
+    state = torch.load(folders[-1] / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 12 and len(state["optimizer"]["state"]) > 0
+    weights = load_file(folders[-1] / "model.safetensors")
+    assert torch.equal(weights["hidden.weight"], model.hidden.weight.detach())
+
+    fresh = load_weights(TinyLM(), folders[0])
+    assert not torch.equal(fresh.hidden.weight, model.hidden.weight)
+    load_weights(fresh, folders[-1])
+    assert torch.equal(fresh.embed.weight, model.embed.weight)
+
+
+def test_existing_checkpoints_need_resume(tmp_path):
+    model, batches, val, config = lm_setup(tmp_path, max_steps=4)
+    train(model, batches, config)
+    config.resume = False
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(model, batches, config)
+
+
+def test_unseeded_shuffle_is_rejected_when_checkpointing(tmp_path):
+    model, _, _, config = lm_setup(tmp_path)
+    loader = torch.utils.data.DataLoader(TokenDataset(16), batch_size=4, shuffle=True)
+    with pytest.raises(ValueError, match="reproducible shuffle"):
+        train(model, loader, config)
+
+
+def test_one_shot_iterator_fails_clearly():
+    batches = iter([{"input_ids": torch.zeros(2, 3, dtype=torch.long)}] * 2)
+    config = TrainConfig(max_steps=5, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="no batches in epoch 1"):
+        train(TinyLM(), batches, config, loss_fn=lambda m, b: m(**b)["logits"].sum())
+
+
+def test_early_stopping_restores_the_best_weights():
+    model, batches, _, _ = lm_setup(None)
+    snapshots = []
+
+    def worsening(model):
+        snapshots.append(model.hidden.weight.detach().clone())
+        return {"score": -float(len(snapshots))}  # best at the first evaluation
+
+    config = TrainConfig(
+        max_steps=50,
+        eval_every=2,
+        early_stopping_metric="score",
+        early_stopping_mode="max",
+        patience=2,
+        restore_best=True,
+        device="cpu",
+        progress=False,
+    )
+    result = train(model, batches, config, eval_fn=worsening)
+    assert result.stopped_early and result.steps == 6
+    assert result.best_step == 2 and result.best_metric == -1.0
+    assert torch.equal(model.hidden.weight, snapshots[0])
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(55, config) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_at(100, config) == pytest.approx(0.1)
+
+
+def test_flops_and_mfu_arithmetic():
+    # 6N + 12 L H Q T with N=1000, L=2, H=4, Q=8, T=16: 6000 + 12288.
+    assert flops_per_token(1000, 2, 4, 8, 16) == 18288
+    # A 1e9-parameter model at 50k tokens/s does 3e14 FLOP/s: 30.3% of an H100 SXM.
+    assert mfu(6e9, 5e4, peak_flops("NVIDIA H100 80GB HBM3")) == pytest.approx(0.30334, abs=1e-4)
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("Some Laptop GPU") is None
+    with pytest.raises(ValueError):
+        mfu(1.0, 1.0, 0.0)
+
+
+def test_helpers_on_batches_and_wrappers():
+    assert count_tokens({"input_ids": torch.zeros(4, 7)}) == 28
+    assert count_tokens({"x": torch.zeros(5, 3)}) == 5
+    model = TinyLM()
+    assert unwrap(torch.compile(model)) is model
+    assert unwrap(nn.DataParallel(model)) is model
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=3)
