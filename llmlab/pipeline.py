@@ -15,6 +15,9 @@ import pandas as pd
 
 from llmlab.config import REPO_ROOT, artifacts_dir, resolve_profile
 
+# Lowest test macro-F1 the evaluate stage lets through (three classes: chance is about 0.33).
+EVALUATION_GATE = {"smoke": 0.5, "cpu": 0.7, "gpu": 0.75}
+
 
 @dataclass
 class RunContext:
@@ -36,10 +39,11 @@ class StageOutput:
 
 @dataclass(frozen=True)
 class Stage:
-    """A named step of the pipeline."""
+    """A named step of the pipeline: `run` does the work or raises."""
 
     name: str
     run: Callable[[RunContext], StageOutput]
+    description: str = ""
 
 
 @dataclass
@@ -140,7 +144,7 @@ def lab_stage(name: str, lab: str, metric: str = "", artifact: str = "") -> Stag
         value = load_results(lab)[metric] if metric else None
         return StageOutput(metric, value, str(artifacts_dir(artifact)) if artifact else "")
 
-    return Stage(name, run)
+    return Stage(name, run, f"execute lab {lab} with papermill")
 
 
 def check_data(context: RunContext) -> StageOutput:
@@ -155,29 +159,39 @@ def check_data(context: RunContext) -> StageOutput:
     return StageOutput("train_rows", float(len(data.load_splits()["train"])), str(manifest))
 
 
-def evaluate_classifier(context: RunContext) -> StageOutput:
-    """Macro-F1 of the saved classifier on the test split, measured on the artifact itself."""
-    from llmlab import data
-    from llmlab.config import require_artifact
-    from llmlab.metrics import classification_metrics
-    from llmlab.serve import load_classifier
+def evaluate_stage(min_macro_f1: float | None = None) -> Stage:
+    """Macro-F1 of the saved classifier on the test split, measured on the artifact itself;
+    the stage fails below `min_macro_f1` (default: the profile's EVALUATION_GATE)."""
 
-    path = require_artifact(artifacts_dir("classifier") / "config.json", "05").parent
-    classifier = load_classifier(path)
-    test = data.load_splits()["test"]
-    texts = test.text.tolist()
-    predicted = [
-        prediction["label"]
-        for start in range(0, len(texts), 64)
-        for prediction in classifier.predict(texts[start : start + 64])
-    ]
-    scores = classification_metrics(test.label.tolist(), predicted)
-    (context.out_dir / "evaluation.json").write_text(json.dumps(scores, indent=2))
-    return StageOutput("test_macro_f1", scores["macro_f1"], str(path))
+    def run(context: RunContext) -> StageOutput:
+        from llmlab import data
+        from llmlab.config import require_artifact
+        from llmlab.metrics import classification_metrics
+        from llmlab.serve import load_classifier
+
+        path = require_artifact(artifacts_dir("classifier") / "config.json", "05").parent
+        classifier = load_classifier(path)
+        test = data.load_splits()["test"]
+        texts = test.text.tolist()
+        predicted = [
+            prediction["label"]
+            for start in range(0, len(texts), 64)
+            for prediction in classifier.predict(texts[start : start + 64])
+        ]
+        scores = classification_metrics(test.label.tolist(), predicted)
+        (context.out_dir / "evaluation.json").write_text(json.dumps(scores, indent=2))
+        gate = EVALUATION_GATE[context.profile] if min_macro_f1 is None else min_macro_f1
+        if scores["macro_f1"] < gate:
+            raise RuntimeError(
+                f"quality gate: test macro-F1 {scores['macro_f1']:.3f} is below {gate:.3f}"
+            )
+        return StageOutput("test_macro_f1", scores["macro_f1"], str(path))
+
+    return Stage("evaluate", run, "test macro-F1 of the saved classifier, with a quality gate")
 
 
-def smoke_test_service(model: str) -> Callable[[RunContext], StageOutput]:
-    """A stage that serves `model` on 127.0.0.1 and checks readiness, answers and a bad request."""
+def serve_stage(model: str) -> Stage:
+    """Serve `model` on 127.0.0.1; check that it answers, batches and refuses bad input."""
 
     def run(context: RunContext) -> StageOutput:
         import httpx
@@ -205,16 +219,16 @@ def smoke_test_service(model: str) -> Callable[[RunContext], StageOutput]:
         )
         return StageOutput("mean_latency_ms", latency_ms, f"{model} (version {version})")
 
-    return run
+    return Stage("serve", run, f"start `llmlab serve --model {model}` and smoke-test it")
 
 
 def default_stages(model: str = "classifier@champion") -> list[Stage]:
     """data -> train -> evaluate -> compress -> register (promotion gate) -> serve."""
     return [
-        Stage("data", check_data),
+        Stage("data", check_data, "checksums of the shipped data; split manifest"),
         lab_stage("train", "05", artifact="classifier"),
-        Stage("evaluate", evaluate_classifier),
+        evaluate_stage(),
         lab_stage("compress", "08", artifact="compressed"),
         lab_stage("register", "09"),
-        Stage("serve", smoke_test_service(model)),
+        serve_stage(model),
     ]

@@ -160,7 +160,8 @@ def load_classifier(
         labels,
         version,
         backend,
-        max_tokens=meta.get("max_length", MAX_TOKENS),
+        # What training used, and never more positions than the model has.
+        max_tokens=min(meta.get("max_length", MAX_TOKENS), config.max_position_embeddings),
     )
 
 
@@ -680,10 +681,11 @@ async def load_test(
     concurrency: int = 16,
     time_limit_s: float = 30.0,
     timeout_s: float = 10.0,
+    stop: asyncio.Event | None = None,
 ) -> pd.DataFrame:
     """Closed-loop load: `concurrency` clients each send one text per POST /predict, then the
-    next, until `requests` were sent or `time_limit_s` passed. One row per request, with the
-    index of its text, send time, latency, status and the answer's variant, label and version."""
+    next, until `requests` were sent, `time_limit_s` passed or `stop` was set. One row per
+    request: its text's index, send time, latency, status, the answer's variant, label, version."""
     import httpx
     import pandas as pd
 
@@ -692,13 +694,15 @@ async def load_test(
     tls = ssl.create_default_context()  # built once: each client would otherwise spend ~30 ms
     start = time.perf_counter()
 
+    def keep_going() -> bool:
+        in_time = time.perf_counter() - start < time_limit_s
+        return in_time and not (stop and stop.is_set())
+
     async def one_client() -> None:
         # A client (one keep-alive connection) per simulated user: one shared pool costs more
         # CPU per request than the server does.
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s, verify=tls) as client:
-            while (
-                index := next(counter)
-            ) < requests and time.perf_counter() - start < time_limit_s:
+            while keep_going() and (index := next(counter)) < requests:
                 sent = time.perf_counter()
                 row: dict[str, Any] = {"text_index": index % len(texts), "sent_s": sent - start}
                 row["status"] = 0  # no HTTP answer at all

