@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlparse
 from llmlab.config import REPO_ROOT, build_dir
 
 EXPERIMENT = "model-registry"
+# Files that are (or may be) Python pickles: loading one can run arbitrary code.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
 LINEAGE_TAG = "llmlab.lineage"
 HISTORY_TAG = "llmlab.alias_history.{alias}"
 
@@ -111,6 +113,9 @@ def register(
     model_dir = Path(model_dir)
     if not model_dir.is_dir() or not any(model_dir.iterdir()):
         raise FileNotFoundError(f"{model_dir} is not a directory with model files in it")
+    pickles = sorted(p.name for p in model_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{model_dir} holds pickle files {pickles}: save weights as safetensors")
     missing = {"data_hash", "code_version"} - set(lineage)
     if missing:
         raise ValueError(f"lineage needs {sorted(missing)}: build it with make_lineage()")
@@ -189,7 +194,14 @@ def versions(name: str, uri: str | None = None) -> list[RegisteredVersion]:
     """Every version of `name`, oldest first."""
     client = _client(uri)
     found = client.search_model_versions(filter_string=f"name = '{name}'")
-    return sorted((_describe(client, v, uri) for v in found), key=lambda v: v.version)
+    # Search results leave aliases empty; the registered model knows them.
+    holders = client.get_registered_model(name).aliases if found else {}
+    described = []
+    for version in found:
+        entry = _describe(client, version, uri)
+        aliases = sorted(a for a, number in holders.items() if int(number) == entry.version)
+        described.append(replace(entry, aliases=aliases))
+    return sorted(described, key=lambda v: v.version)
 
 
 def alias_history(name: str, alias: str, uri: str | None = None) -> list[int]:
@@ -252,3 +264,42 @@ def rollback(name: str, alias: str = "champion", uri: str | None = None) -> int:
         raise LookupError(f"{name}@{alias} has no earlier holder to roll back to: {history}")
     _set_alias(_client(uri), name, alias, history[-2], history[:-1])
     return history[-2]
+
+
+def model_card(name: str, alias: str = "champion", uri: str | None = None) -> str:
+    """A Markdown model card for `name@alias`, written from the registry's metadata alone."""
+    current = resolve(f"{name}@{alias}", uri)
+    lineage = dict(current.lineage)
+    config = lineage.pop("config", {}) or {}
+    rows = [
+        f"| {v.version} | {', '.join(v.aliases) or '-'} | "
+        + " | ".join(f"{v.metrics.get(m, float('nan')):.4f}" for m in sorted(current.metrics))
+        + f" | {v.lineage.get('parent') or '-'} | `{str(v.lineage.get('data_hash', ''))[:12]}` |"
+        for v in versions(name, uri)
+    ]
+    metric_names = sorted(current.metrics)
+    return "\n".join(
+        [
+            f"# Model card: {name} (version {current.version}, `@{alias}`)",
+            "",
+            "## Metrics",
+            "",
+            *[f"- **{m}**: {current.metrics[m]:.4f}" for m in metric_names],
+            "",
+            "## Lineage",
+            "",
+            *[f"- **{key}**: `{value}`" for key, value in sorted(lineage.items())],
+            f"- **registry run**: `{current.run_id}`",
+            "",
+            "## Training configuration",
+            "",
+            *[f"- {key}: `{value}`" for key, value in sorted(config.items())],
+            "",
+            "## All versions",
+            "",
+            "| version | aliases | " + " | ".join(metric_names) + " | parent | data hash |",
+            "|---|---|" + "---|" * len(metric_names) + "---|---|",
+            *rows,
+            "",
+        ]
+    )

@@ -121,3 +121,23 @@ def test_tolerance_admits_a_small_drop_and_no_gate_moves_freely(uri, tmp_path):
     registry.promote("clf", much_worse, "challenger", metric=None, uri=uri)
     assert registry.resolve("clf@challenger", uri).version == much_worse
     assert registry.alias_history("clf", "champion", uri) == [champion, slightly_worse]
+
+
+def test_pickle_files_are_refused(uri, tmp_path):
+    path = model_dir(tmp_path, "a")
+    (path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        registry.register(path, "clf", {}, registry.make_lineage("h", {}), uri)
+
+
+def test_model_card_shows_metrics_lineage_and_every_version(uri, tmp_path):
+    first = register(uri, tmp_path, "a", 0.8)
+    second = register(uri, tmp_path, "b", 0.9, parent=f"clf/{first}")
+    registry.promote("clf", second, uri=uri)
+    card = registry.model_card("clf", "champion", uri)
+    assert card.startswith(f"# Model card: clf (version {second}, `@champion`)")
+    assert "- **accuracy**: 0.9000" in card
+    assert "- **data_hash**: `hash-b`" in card
+    assert "- weights: `b`" in card
+    assert f"| {first} | - | 0.8000 | - |" in card
+    assert f"| {second} | champion | 0.9000 | clf/{first} |" in card
