@@ -395,9 +395,14 @@ class Service:
         return self.variants["champion"]
 
     async def reload(self) -> dict[str, str]:
-        """Re-resolve every variant's reference and swap the new model in without downtime."""
+        """Re-resolve every variant's reference; load what changed and swap it in, no downtime."""
         async with self.reload_lock:
-            loaded = {name: await self._load(v.reference) for name, v in self.variants.items()}
+            loaded = {}
+            for name, variant in self.variants.items():
+                _, version = await asyncio.to_thread(resolve_model, variant.reference)
+                if version != variant.batcher.classifier.version:
+                    loaded[name] = await self._load(variant.reference)
+            # Swap only once everything loaded: a failed reload changes nothing.
             for name, classifier in loaded.items():
                 self.variants[name].batcher.classifier = classifier
             self._publish_versions()

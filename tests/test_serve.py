@@ -262,6 +262,22 @@ def test_hot_reload_switches_version_with_no_failed_request(models, tmp_path):
     assert set(versions[switch:]) == {"v2"}, "once switched, every answer comes from v2"
 
 
+def test_reload_loads_only_the_variants_whose_version_changed(models, tmp_path):
+    alias = tmp_path / "champion"
+    alias.symlink_to(models["v1"])
+    config = ServeConfig(model=str(alias), challenger=str(models["v2"]))
+    with TestClient(create_app(config)) as client:
+        variants = client.app.state.service.variants
+        challenger_before = variants["challenger"].batcher.classifier
+        alias.unlink()
+        alias.symlink_to(models["v2"])
+        assert client.post("/admin/reload").json()["models"] == {
+            "champion": "v2",
+            "challenger": "v2",
+        }
+        assert variants["challenger"].batcher.classifier is challenger_before
+
+
 def test_a_failed_reload_keeps_serving_the_old_model(models, tmp_path):
     alias = tmp_path / "champion"
     alias.symlink_to(models["v1"])
