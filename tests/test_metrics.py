@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from llmlab.metrics import classification_metrics
+from llmlab.metrics import classification_metrics, expected_calibration_error, reliability_bins
 
 
 def test_perfect_predictions():
@@ -28,3 +29,39 @@ def test_a_predicted_label_that_never_occurs_counts_as_a_class():
 def test_bad_input_is_refused(truth, predicted):
     with pytest.raises(ValueError):
         classification_metrics(truth, predicted)
+
+
+def test_reliability_bins_group_by_top_class_confidence():
+    # Two examples at confidence 0.9 (one right), one at 0.6 (right).
+    probabilities = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4]])
+    bins = reliability_bins(probabilities, [0, 0, 0], n_bins=10)
+    assert bins["count"].tolist() == [1, 2]
+    assert bins.confidence.tolist() == pytest.approx([0.6, 0.9])
+    assert bins.accuracy.tolist() == pytest.approx([1.0, 0.5])
+    assert bins.lower.tolist() == pytest.approx([0.5, 0.8])
+    assert bins.upper.tolist() == pytest.approx([0.6, 0.9])
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    # Confidence 0.75 and right on 3 of 4 examples: perfectly calibrated.
+    probabilities = np.tile([0.75, 0.25], (4, 1))
+    assert expected_calibration_error(probabilities, [0, 0, 0, 1]) == pytest.approx(0.0)
+
+
+def test_ece_of_an_overconfident_model():
+    # Confidence 0.99 but right only half the time: gap 0.49 in the only bin.
+    probabilities = np.tile([0.99, 0.01], (4, 1))
+    assert expected_calibration_error(probabilities, [0, 0, 1, 1]) == pytest.approx(0.49)
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "truth"),
+    [
+        (np.array([[0.5, 0.5]]), [0, 1]),  # one row, two labels
+        (np.array([[2.0, 0.5]]), [0]),  # logits, not probabilities
+        (np.array([0.5, 0.5]), [0, 1]),  # not (n_examples, n_classes)
+    ],
+)
+def test_calibration_refuses_bad_input(probabilities, truth):
+    with pytest.raises(ValueError):
+        expected_calibration_error(probabilities, truth)
