@@ -242,3 +242,11 @@ def test_bad_config_is_rejected():
         TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="patience"):
         TrainConfig(patience=3)
+
+
+def test_bf16_autocast_path_runs_on_cpu():
+    model, batches, _, _ = lm_setup(None)
+    config = TrainConfig(max_steps=2, precision="bf16", log_every=1, device="cpu", progress=False)
+    result = train(model, batches, config)
+    assert result.history["train_loss"].notna().all()
+    assert model.hidden.weight.dtype == torch.float32, "autocast must keep fp32 master weights"
