@@ -84,22 +84,18 @@ def run_pipeline(
             continue
         log(f"[{stage.name}] running (profile={context.profile})")
         began = time.perf_counter()
-        result = StageResult(stage.name, "ok", started_s=began - start)
         try:
-            output = stage.run(context)
-            result.metric, result.value, result.artifact = (
-                output.metric,
-                output.value,
-                output.artifact,
-            )
-        except Exception as error:  # report any failure as the stage's, with its cause
-            result.status = "failed"
-            result.error = f"{type(error).__name__}: {error}"
+            output, status, error = stage.run(context), "ok", ""
+        except Exception as exc:  # report any failure as the stage's, with its cause
+            output, status, error = StageOutput(), "failed", f"{type(exc).__name__}: {exc}"
             (context.out_dir / f"{stage.name}.traceback.txt").write_text(traceback.format_exc())
-        result.seconds = time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        result = StageResult(
+            stage.name, status, began - start, seconds, error=error, **asdict(output)
+        )
         results.append(result)
-        shown = f"{result.metric}={result.value:.4g}" if result.value is not None else ""
-        log(f"[{stage.name}] {result.status} in {result.seconds:.1f} s {shown} {result.error}")
+        shown = f"{output.metric}={output.value:.4g}" if output.value is not None else ""
+        log(f"[{stage.name}] {status} in {seconds:.1f} s {shown} {error}")
     report = {"profile": context.profile, "stages": [asdict(r) for r in results]}
     (context.out_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
     return results
@@ -226,9 +222,9 @@ def default_stages(model: str = "classifier@champion") -> list[Stage]:
     """data -> train -> evaluate -> compress -> register (promotion gate) -> serve."""
     return [
         Stage("data", check_data, "checksums of the shipped data; split manifest"),
-        lab_stage("train", "05", artifact="classifier"),
+        lab_stage("train", "05", metric="test_macro_f1", artifact="classifier"),
         evaluate_stage(),
-        lab_stage("compress", "08", artifact="compressed"),
-        lab_stage("register", "09"),
+        lab_stage("compress", "08", metric="onnx_int8_accuracy", artifact="compressed"),
+        lab_stage("register", "09", metric="champion"),
         serve_stage(model),
     ]
