@@ -101,9 +101,16 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def collective_device() -> torch.device:
+    """Where tensors for collectives must live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def average_over_ranks(values: Sequence[float]) -> list[float]:
     """Element-wise mean of `values` over all ranks (gloo has no AVG, so SUM / world)."""
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return (tensor / world_size()).tolist()
@@ -210,6 +217,8 @@ class DataParallelConfig:
     vocab_size: int = 2048
     seed: int = 0
     device: str = "cpu"
+    # fp32 even on GPUs: bf16 rounding would hide whether DDP reproduces one process.
+    precision: str = "fp32"
 
 
 STRATEGIES = ("ddp", "fsdp")
@@ -256,6 +265,7 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
             warmup_steps=max(1, config.steps // 10),
             log_every=1,
             device=config.device,
+            precision=config.precision,
             seed=config.seed,
             progress=False,
         ),
@@ -277,7 +287,8 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
 
 def all_reduce_example(length: int = 8) -> dict[str, list]:
     """Every rank's seeded 'gradient' and their sum as `dist.all_reduce` computes it."""
-    local = torch.randn(length, generator=torch.Generator().manual_seed(100 + rank()))
+    seeded = torch.Generator().manual_seed(100 + rank())
+    local = torch.randn(length, generator=seeded).to(collective_device())
     inputs = [torch.empty_like(local) for _ in range(world_size())]
     dist.all_gather(inputs, local)
     reduced = local.clone()
