@@ -6,8 +6,10 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
@@ -75,16 +77,27 @@ def execute_lab(notebook: Path, profile: str, parameters: dict[str, object], out
     return output
 
 
-def run(lab: str, profile: str | None, param: list[list[str]], out: Path | None) -> int:
+def run(
+    lab: str,
+    profile: str | None,
+    param: list[list[str]],
+    out: Path | None,
+    save_timings: bool = False,
+) -> int:
     """Execute a lab (or all of them) with papermill; the executed notebook lands under runs/."""
     from papermill.exceptions import PapermillExecutionError
 
+    from llmlab.results import machine_description, save_timing
+
     chosen = resolve_profile(profile)
     parameters = {key: parse_value(value) for key, value in param}
+    if save_timings and parameters:
+        raise ValueError("--save-timings records default runs only: drop the -p parameters")
     notebooks = lab_paths() if lab == "all" else [find_lab(lab)]
     out_dir = out or RUNS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for notebook in notebooks:
         print(f"running {notebook.stem} (profile={chosen}) -> {out_dir}")
+        started = time.perf_counter()
         try:
             execute_lab(notebook, chosen, parameters, out_dir)
         except PapermillExecutionError as error:
@@ -96,6 +109,10 @@ def run(lab: str, profile: str | None, param: list[list[str]], out: Path | None)
                 f"executed notebook with the traceback: {out_dir / notebook.name}", file=sys.stderr
             )
             return 1
+        seconds = time.perf_counter() - started
+        print(f"{notebook.stem} took {seconds:.0f} s")
+        if save_timings:
+            save_timing(notebook.stem[:2], chosen, seconds, machine_description())
     print("all labs passed" if lab == "all" else f"{notebooks[0].stem} passed")
     return 0
 
@@ -134,6 +151,8 @@ def lab(jupyter_args: list[str]) -> int:
     import subprocess
 
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={LABS_DIR}"]
+    if os.geteuid() == 0:  # containers and CI machines often run as root
+        command.append("--allow-root")
     return subprocess.call(command + jupyter_args)
 
 
@@ -203,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="execute a lab (or 'all') with papermill")
     run_parser.add_argument("lab", help="lab number or name (1, 01, 01_standardization) or 'all'")
     add_lab_options(run_parser)
-    run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out))
+    run_parser.add_argument(
+        "--save-timings",
+        action="store_true",
+        help="record each lab's wall time in labs/timings.json (shown on its page)",
+    )
+    run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out, a.save_timings))
     doctor_parser = commands.add_parser("doctor", help="versions, device, data and weights")
     doctor_parser.set_defaults(handler=lambda a: doctor())
     lab_parser = commands.add_parser(
