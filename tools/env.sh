@@ -20,6 +20,8 @@ export HF_HOME="$_home/huggingface"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TF_CPP_MIN_LOG_LEVEL=2
 export PYDEVD_DISABLE_FILE_VALIDATION=1
+# Idle OpenMP threads sleep instead of spinning: two cores are shared by kernels and servers.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$LLMLAB_BUILD_DIR/mlflow.db}"
 export SPARK_LOCAL_DIRS="$LLMLAB_BUILD_DIR/spark"
 mkdir -p "$WANDB_DIR" "$MPLCONFIGDIR" "$KERAS_HOME" "$IPYTHONDIR" "$HF_HOME" "$SPARK_LOCAL_DIRS"
