@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import build_dir
+from llmlab.config import PROFILES, REPO_ROOT, build_dir
+
+# Wall time of each lab per profile, written by `llmlab run --save-timings` and shown on each
+# lab's page; committed, so the book quotes measured times, never guessed ones.
+TIMINGS_PATH = REPO_ROOT / "labs" / "timings.json"
 
 
 def results_path(lab: str) -> Path:
@@ -59,3 +65,60 @@ def _glue(lab: str, values: dict[str, Any]) -> None:
     for name, value in values.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
         glue(f"lab{lab}_{name}", shown, display=False)
+
+
+def machine_description() -> str:
+    """The machine a timing was taken on: CPU cores and, when present, the GPU."""
+    import torch
+
+    cores = f"{os.cpu_count()} CPU cores"
+    return f"{torch.cuda.get_device_name()}, {cores}" if torch.cuda.is_available() else cores
+
+
+def save_timing(
+    lab: str, profile: str, seconds: float, machine: str, path: Path | None = None
+) -> None:
+    """Store the wall time of one successful run of lab `lab` (e.g. "01") under `profile`."""
+    path = path or TIMINGS_PATH
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a lab's wall time must be positive, got {seconds}")
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings.setdefault(lab, {})[profile] = {
+        "seconds": round(seconds, 1),
+        "machine": machine,
+        "date": dt.date.today().isoformat(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _duration(seconds: float) -> str:
+    """90.4 -> '1 min 30 s'; 3725 -> '1 h 2 min'."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def lab_timings(lab: str, path: Path | None = None) -> Any:
+    """A table of lab `lab`'s measured wall time per profile (for the header of its page)."""
+    import pandas as pd
+
+    path = path or TIMINGS_PATH
+
+    measured = json.loads(path.read_text()).get(lab, {}) if path.exists() else {}
+    rows = {
+        profile: {
+            "wall time": _duration(measured[profile]["seconds"]),
+            "machine": measured[profile]["machine"],
+            "measured on": measured[profile]["date"],
+        }
+        if profile in measured
+        else {"wall time": "not measured yet", "machine": "", "measured on": ""}
+        for profile in PROFILES
+    }
+    return pd.DataFrame(rows).T.rename_axis(f"llmlab run {lab} --profile")

@@ -1,5 +1,9 @@
+import json
+
+import nbformat
 import pytest
 
+from llmlab import cli, results
 from llmlab.cli import find_lab, lab_paths, main, parse_value
 
 
@@ -39,3 +43,30 @@ def test_run_rejects_a_parameter_without_value(capsys):
 def test_run_of_an_unknown_lab_exits_2_with_the_list(capsys):
     assert main(["run", "99", "--profile", "smoke"]) == 2
     assert "no single lab matches '99'" in capsys.readouterr().err
+
+
+def test_save_timings_refuses_parameters(capsys):
+    assert main(["run", "01", "--profile", "smoke", "--save-timings", "-p", "seed", "1"]) == 2
+    assert "--save-timings records default runs only" in capsys.readouterr().err
+
+
+def test_run_with_save_timings_records_the_wall_time(tmp_path, monkeypatch):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.cells = [
+        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(0.2)"),
+    ]
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    nbformat.write(notebook, labs / "98_sleepy.ipynb")
+    timings = tmp_path / "timings.json"
+    monkeypatch.setattr(cli, "LABS_DIR", labs)
+    monkeypatch.setattr(results, "TIMINGS_PATH", timings)
+    assert main(["run", "98", "--profile", "smoke", "--save-timings", "--out", str(tmp_path)]) == 0
+    recorded = json.loads(timings.read_text())["98"]["smoke"]
+    assert 0.2 <= recorded["seconds"] < 120 and "CPU cores" in recorded["machine"]
