@@ -16,7 +16,7 @@ import pandas as pd
 from llmlab.config import REPO_ROOT, artifacts_dir, resolve_profile
 
 # Lowest test macro-F1 the evaluate stage lets through (three classes: chance is about 0.33).
-EVALUATION_GATE = {"smoke": 0.5, "cpu": 0.7, "gpu": 0.75}
+EVALUATION_GATE = {"smoke": 0.5, "cpu": 0.6, "gpu": 0.65}
 
 
 @dataclass
