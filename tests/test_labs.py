@@ -74,3 +74,15 @@ def test_lab_ends_with_an_assertions_cell(lab):
 def test_lab_is_stored_without_outputs(lab):
     dirty = [i for i, c in enumerate(code_cells(lab)) if c.outputs or c.execution_count]
     assert not dirty, f"{lab.name}: code cells {dirty} carry outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_header_says_how_to_rerun_it_and_how_long_it_takes(lab):
+    cells = nbformat.read(lab, as_version=4).cells
+    number = lab.stem[:2]
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith(f"# Lab {number}")
+    for promise in ("What you will learn", f"llmlab run {number}", "GPU"):
+        assert promise in cells[0].source, f"{lab.name}: the header does not mention {promise!r}"
+    assert cells[1].source.strip().endswith(f'lab_timings("{number}")'), (
+        f"{lab.name}: the cell after the header must show the measured wall times"
+    )
