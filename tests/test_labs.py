@@ -86,3 +86,14 @@ def test_lab_header_says_how_to_rerun_it_and_how_long_it_takes(lab):
     assert cells[1].source.strip().endswith(f'lab_timings("{number}")'), (
         f"{lab.name}: the cell after the header must show the measured wall times"
     )
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_has_exercises_with_folded_solutions(lab):
+    markdown = [
+        c.source for c in nbformat.read(lab, as_version=4).cells if c.cell_type == "markdown"
+    ]
+    starts = [i for i, text in enumerate(markdown) if text.startswith("## Exercises")]
+    assert starts, f"{lab.name}: no '## Exercises' section"
+    exercises = "\n".join(markdown[starts[0] :])
+    assert exercises.count(":class: dropdown") >= 2, f"{lab.name}: solutions must be folded away"
