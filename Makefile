@@ -21,16 +21,28 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	touch $@
 
-# MathJax is served with the book (from the npm registry), so math renders offline too.
-MATHJAX := _static/mathjax/tex-mml-chtml.js
-$(MATHJAX):
-	rm -rf _build/npm && mkdir -p _build/npm _static/mathjax
-	cd _build/npm && npm pack --silent mathjax@3.2.2 >/dev/null
-	tar xzf _build/npm/mathjax-3.2.2.tgz -C _static/mathjax --strip-components=2 \
+# What the book's pages load (MathJax; RequireJS and the widget manager that renders progress
+# bars) comes from the npm registry and is served with the book, so pages work offline. It is
+# copied as an extra path, not from _static/, where Jupyter Book would load every .js file.
+SITE_ASSETS := _build/site-assets
+ASSETS_FETCHED := _build/npm/.fetched
+# The widget manager loads its icon fonts from @jupyter-widgets/... next to the page: labs/.
+WIDGET_MANAGER := $(SITE_ASSETS)/labs/@jupyter-widgets/html-manager/dist
+$(ASSETS_FETCHED):
+	rm -rf _build/npm $(SITE_ASSETS) && mkdir -p _build/npm $(SITE_ASSETS)/mathjax $(SITE_ASSETS)/widgets
+	cd _build/npm && npm pack --silent mathjax@3.2.2 requirejs@2.3.4 \
+	  @jupyter-widgets/html-manager@1.0.6 >/dev/null
+	tar xzf _build/npm/mathjax-3.2.2.tgz -C $(SITE_ASSETS)/mathjax --strip-components=2 \
 	  package/es5/tex-mml-chtml.js package/es5/output/chtml package/es5/input/tex/extensions \
 	  package/es5/ui package/es5/a11y
+	tar xzf _build/npm/requirejs-2.3.4.tgz -C $(SITE_ASSETS)/widgets --strip-components=1 \
+	  package/require.js
+	mkdir -p $(WIDGET_MANAGER)
+	tar xzf _build/npm/jupyter-widgets-html-manager-1.0.6.tgz -C $(WIDGET_MANAGER) \
+	  --strip-components=2 --exclude='*.map' package/dist
+	touch $@
 
-book: install $(MATHJAX)
+book: install $(ASSETS_FETCHED)
 	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
 
