@@ -32,15 +32,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    """Write `values` as sorted JSON through a temporary file, so readers never see half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 def record(lab: str, **values: Any) -> dict[str, Any]:
     """Merge `values` into lab `lab`'s results file; glue each as `lab<NN>_<name>` for MyST."""
     path = results_path(lab)
     current = json.loads(path.read_text()) if path.exists() else {}
     plain = {name: _plain(value) for name, value in values.items()}
     current.update(plain)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
-    tmp.replace(path)
+    _write_json(path, current)
     _glue(lab, plain)
     return current
 
@@ -90,9 +95,7 @@ def save_timing(
         "machine": machine,
         "date": dt.date.today().isoformat(),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=2) + "\n")
-    tmp.replace(path)
+    _write_json(path, timings)
 
 
 def _duration(seconds: float) -> str:
