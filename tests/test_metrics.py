@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from llmlab.metrics import classification_metrics, expected_calibration_error, reliability_bins
+from llmlab.metrics import (
+    bootstrap_interval,
+    classification_metrics,
+    expected_calibration_error,
+    paired_bootstrap,
+    reliability_bins,
+)
 
 
 def test_perfect_predictions():
@@ -65,3 +71,50 @@ def test_ece_of_an_overconfident_model():
 def test_calibration_refuses_bad_input(probabilities, truth):
     with pytest.raises(ValueError):
         expected_calibration_error(probabilities, truth)
+
+
+def _noisy_predictions(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    wrong = rng.random(n) > accuracy
+    return truth, np.where(wrong, (truth + rng.integers(1, 3, n)) % 3, truth)
+
+
+def test_paired_bootstrap_sees_a_small_consistent_loss_that_unpaired_noise_hides():
+    truth, a = _noisy_predictions(540, 0.75, 0)
+    b = a.copy()
+    right = np.flatnonzero(a == truth)[:8]  # b gets 8 of a's right answers wrong, nothing else
+    b[right] = (b[right] + 1) % 3
+    paired = paired_bootstrap(truth, a, b)
+    assert paired["difference"] == pytest.approx(-8 / 540)
+    assert paired["disagreements"] == 8 and paired["high"] < 0 < paired["high"] + 0.02
+    single = bootstrap_interval(truth, a)
+    assert single["high"] - single["low"] > 3 * (paired["high"] - paired["low"])
+
+
+def test_paired_bootstrap_of_identical_models_is_exactly_zero():
+    truth, a = _noisy_predictions(200, 0.6, 1)
+    paired = paired_bootstrap(list(truth), list(a), list(a), metric="macro_f1")
+    assert paired["difference"] == paired["low"] == paired["high"] == 0.0
+
+
+def test_bootstrap_macro_f1_matches_sklearn_and_brackets_it():
+    truth, predicted = _noisy_predictions(300, 0.7, 2)
+    labels = np.array(["neg", "neu", "pos"])
+    scored = bootstrap_interval(labels[truth], labels[predicted], metric="macro_f1")
+    expected = classification_metrics(labels[truth], labels[predicted])["macro_f1"]
+    assert scored["value"] == pytest.approx(expected)
+    assert scored["low"] < expected < scored["high"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: paired_bootstrap([0, 1], [0, 1], [0]), "same rows"),
+        (lambda: paired_bootstrap([0], [0], [0], metric="auc"), "unknown metric"),
+        (lambda: bootstrap_interval([0, 1], [0, 1], confidence=1.0), "confidence"),
+    ],
+)
+def test_bootstrap_refuses_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
