@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -12,12 +13,16 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from llmlab.config import REPO_ROOT, build_dir
+from llmlab.metrics import classification_metrics, paired_bootstrap
 
 EXPERIMENT = "model-registry"
 # Files that are (or may be) Python pickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
 LINEAGE_TAG = "llmlab.lineage"
 HISTORY_TAG = "llmlab.alias_history.{alias}"
+EVALUATION_FILE = "evaluation.json"
+# Metrics the gate can recompute from per-row predictions, and so compare on the same rows.
+PAIRED_METRICS = ("accuracy", "macro_f1")
 
 
 class PromotionRefused(ValueError):
@@ -102,14 +107,55 @@ def make_lineage(
     }
 
 
+def make_evaluation(texts: list[str], labels: list[Any], predictions: list[Any]) -> dict[str, Any]:
+    """Per-row predictions on an evaluation set, with a hash naming exactly which rows."""
+    rows = json.dumps([list(texts), [str(label) for label in labels]], ensure_ascii=False)
+    evaluation = {
+        "rows_hash": hashlib.sha256(rows.encode()).hexdigest(),
+        "labels": [str(label) for label in labels],
+        "predictions": [str(label) for label in predictions],
+    }
+    _check_evaluation(evaluation)
+    return evaluation
+
+
+def _check_evaluation(evaluation: dict[str, Any]) -> None:
+    """Refuse an evaluation record that a paired comparison could not use."""
+    missing = {"rows_hash", "labels", "predictions"} - set(evaluation)
+    if missing:
+        raise ValueError(f"evaluation needs {sorted(missing)}: build it with make_evaluation()")
+    if len(evaluation["labels"]) != len(evaluation["predictions"]) or not evaluation["labels"]:
+        raise ValueError(
+            f"evaluation has {len(evaluation['labels'])} labels and "
+            f"{len(evaluation['predictions'])} predictions: need one prediction per row"
+        )
+
+
+def evaluation_of(entry: RegisteredVersion, uri: str | None = None) -> dict[str, Any] | None:
+    """The per-row evaluation recorded with a version, or None if it was registered without."""
+    from mlflow.exceptions import MlflowException
+
+    run = _client(uri).get_run(entry.run_id)
+    try:
+        path = _local_path(f"{run.info.artifact_uri}/{EVALUATION_FILE}", uri)
+    except (MlflowException, OSError):
+        return None
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def register(
     model_dir: Path | str,
     name: str,
     metrics: dict[str, float],
     lineage: dict[str, Any],
     uri: str | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> int:
-    """Copy `model_dir` into the registry as a new version of `name`; return the version number."""
+    """Copy `model_dir` into the registry as a new version of `name`; return the version number.
+
+    `evaluation` (from make_evaluation) keeps the per-row predictions, so that the promotion
+    gate can compare two versions on the same rows.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir() or not any(model_dir.iterdir()):
         raise FileNotFoundError(f"{model_dir} is not a directory with model files in it")
@@ -129,6 +175,9 @@ def register(
     run = client.create_run(experiment_id, run_name=name, tags={"model": name})
     run_id = run.info.run_id
     client.log_artifacts(run_id, str(model_dir), "model")
+    if evaluation is not None:
+        _check_evaluation(evaluation)
+        client.log_text(run_id, json.dumps(evaluation), EVALUATION_FILE)
     for metric, value in metrics.items():
         client.log_metric(run_id, metric, float(value))
     client.set_terminated(run_id)
@@ -232,29 +281,69 @@ def promote(
     higher_is_better: bool = True,
     tolerance: float = 0.0,
     uri: str | None = None,
+    confidence: float = 0.95,
 ) -> int:
-    """Give `alias` to `version`; refuse if it trails the holder on `metric` by > `tolerance`.
+    """Give `alias` to `version`; refuse if it may trail the holder on `metric` by > `tolerance`.
 
-    `metric=None` moves the alias without a gate (e.g. to name a challenger).
+    Versions registered with an evaluation on the same rows are compared row by row: the
+    candidate passes if the `confidence` interval of its paired difference stays above
+    -`tolerance` (it is not worse by more than that, with that confidence). Otherwise the logged
+    metrics are compared as numbers. `metric=None` moves the alias without a gate.
     """
     candidate = resolve(f"{name}/{version}", uri)
     holder = _holder(name, alias, uri)
-    if metric is not None and holder is not None:
-        for entry in (candidate, holder):
-            if metric not in entry.metrics:
-                raise KeyError(f"{entry.ref} has no metric {metric!r}: {sorted(entry.metrics)}")
-        new, old = candidate.metrics[metric], holder.metrics[metric]
-        drop = old - new if higher_is_better else new - old
-        if drop > tolerance:
-            raise PromotionRefused(
-                f"{candidate.ref} has {metric}={new:.4f}, worse than {name}@{alias} "
-                f"({holder.ref}) with {old:.4f} by more than {tolerance}: not promoted"
-            )
+    if metric is not None and holder is not None and holder.version != candidate.version:
+        _gate(candidate, holder, alias, metric, higher_is_better, tolerance, confidence, uri)
     if holder is not None and holder.version == candidate.version:
         return candidate.version
     history = alias_history(name, alias, uri) or ([holder.version] if holder else [])
     _set_alias(_client(uri), name, alias, candidate.version, [*history, candidate.version])
     return candidate.version
+
+
+def _gate(
+    candidate: RegisteredVersion,
+    holder: RegisteredVersion,
+    alias: str,
+    metric: str,
+    higher_is_better: bool,
+    tolerance: float,
+    confidence: float,
+    uri: str | None,
+) -> None:
+    """Raise PromotionRefused unless `candidate` is at most `tolerance` worse than `holder`."""
+    versus = f"{candidate.name}@{alias} ({holder.ref})"
+    new_rows, old_rows = evaluation_of(candidate, uri), evaluation_of(holder, uri)
+    if new_rows and old_rows and metric in PAIRED_METRICS:
+        if new_rows["rows_hash"] != old_rows["rows_hash"]:
+            raise PromotionRefused(
+                f"{candidate.ref} and {versus} were evaluated on different rows "
+                f"({new_rows['rows_hash'][:12]} vs {old_rows['rows_hash'][:12]}): evaluate both "
+                "on the same set before comparing them"
+            )
+        labels = new_rows["labels"]
+        compared = paired_bootstrap(
+            labels, old_rows["predictions"], new_rows["predictions"], metric, confidence
+        )
+        new = classification_metrics(labels, new_rows["predictions"])[metric]
+        if compared["low"] < -tolerance:
+            raise PromotionRefused(
+                f"{candidate.ref} has {metric}={new:.4f}, {compared['difference']:+.4f} vs "
+                f"{versus} on the same {compared['rows']} rows ({confidence:.0%} interval "
+                f"{compared['low']:+.4f} to {compared['high']:+.4f}): it may be worse by more "
+                f"than {tolerance}: not promoted"
+            )
+        return
+    for entry in (candidate, holder):
+        if metric not in entry.metrics:
+            raise KeyError(f"{entry.ref} has no metric {metric!r}: {sorted(entry.metrics)}")
+    new, old = candidate.metrics[metric], holder.metrics[metric]
+    drop = old - new if higher_is_better else new - old
+    if drop > tolerance:
+        raise PromotionRefused(
+            f"{candidate.ref} has {metric}={new:.4f}, worse than {versus} with {old:.4f} by "
+            f"more than {tolerance}: not promoted"
+        )
 
 
 def rollback(name: str, alias: str = "champion", uri: str | None = None) -> int:

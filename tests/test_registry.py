@@ -141,3 +141,50 @@ def test_model_card_shows_metrics_lineage_and_every_version(uri, tmp_path):
     assert "- weights: `b`" in card
     assert f"| {first} | - | 0.8000 | - |" in card
     assert f"| {second} | champion | 0.9000 | clf/{first} |" in card
+
+
+def evaluated(uri: str, root: Path, weights: str, predictions: list[str], texts=None) -> int:
+    """Register a stand-in model with its per-row predictions on a 200-row evaluation set."""
+    texts = texts or [f"sentence {i}" for i in range(200)]
+    labels = ["pos" if i % 2 else "neg" for i in range(200)]
+    evaluation = registry.make_evaluation(texts, labels, predictions)
+    accuracy = sum(p == t for p, t in zip(predictions, labels, strict=True)) / len(labels)
+    lineage = registry.make_lineage("hash", {})
+    return registry.register(
+        model_dir(root, weights), "clf", {"accuracy": accuracy}, lineage, uri, evaluation
+    )
+
+
+def flip(predictions: list[str], rows: range) -> list[str]:
+    swap = {"pos": "neg", "neg": "pos"}
+    return [swap[p] if i in rows else p for i, p in enumerate(predictions)]
+
+
+def test_gate_compares_versions_on_the_same_rows_with_an_interval(uri, tmp_path):
+    truth = ["pos" if i % 2 else "neg" for i in range(200)]
+    champion = evaluated(uri, tmp_path, "a", flip(truth, range(0, 40)))  # 80 % right
+    registry.promote("clf", champion, uri=uri)
+    # Two more rows wrong: 1 point lower, but the paired interval reaches -2 points.
+    close = evaluated(uri, tmp_path, "b", flip(truth, range(0, 42)))
+    with pytest.raises(registry.PromotionRefused, match="same 200 rows.*interval"):
+        registry.promote("clf", close, tolerance=0.01, uri=uri)
+    assert registry.promote("clf", close, tolerance=0.03, uri=uri) == close
+    # Ten rows better everywhere the champion erred: clearly not worse.
+    better = evaluated(uri, tmp_path, "c", flip(truth, range(0, 30)))
+    assert registry.promote("clf", better, uri=uri) == better
+    assert registry.evaluation_of(registry.resolve("clf@champion", uri), uri)["labels"] == truth
+
+
+def test_gate_refuses_versions_evaluated_on_different_rows(uri, tmp_path):
+    truth = ["pos" if i % 2 else "neg" for i in range(200)]
+    champion = evaluated(uri, tmp_path, "a", truth)
+    registry.promote("clf", champion, uri=uri)
+    other_rows = [f"another sentence {i}" for i in range(200)]
+    elsewhere = evaluated(uri, tmp_path, "b", truth, texts=other_rows)
+    with pytest.raises(registry.PromotionRefused, match="different rows"):
+        registry.promote("clf", elsewhere, uri=uri)
+
+
+def test_an_evaluation_must_have_one_prediction_per_row():
+    with pytest.raises(ValueError, match="one prediction per row"):
+        registry.make_evaluation(["a", "b"], ["pos", "neg"], ["pos"])
