@@ -58,6 +58,39 @@ def load_results(lab: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+class UpstreamLabError(RuntimeError):
+    """A lab's input comes from an earlier lab that has not passed under this profile."""
+
+
+def begin_lab(lab: str, profile: str) -> None:
+    """Start a fresh results file for lab `lab`: until lab_passed(), later labs refuse it."""
+    _write_json(results_path(lab), {"profile": profile, "status": "running"})
+
+
+def lab_passed(lab: str) -> None:
+    """Mark lab `lab`'s run as passed: every claim held, so later labs may use its outputs."""
+    record(lab, status="passed")
+
+
+def require_lab(lab: str, profile: str) -> dict[str, Any]:
+    """What lab `lab` recorded, if its last run passed under `profile`; else one clear error."""
+    path = results_path(lab)
+    rerun = f"run `llmlab run {lab} --profile {profile}` first"
+    if not path.exists():
+        raise UpstreamLabError(f"lab {lab} has not run in {path.parent.parent}: {rerun}")
+    results = json.loads(path.read_text())
+    if results.get("profile") != profile:
+        raise UpstreamLabError(
+            f"lab {lab} last ran under profile {results.get('profile')!r}, not {profile!r}: {rerun}"
+        )
+    if results.get("status") != "passed":
+        raise UpstreamLabError(
+            f"lab {lab}'s last run under {profile!r} did not pass (status "
+            f"{results.get('status', 'unknown')!r}), so its outputs cannot be trusted: {rerun}"
+        )
+    return results
+
+
 def _glue(lab: str, values: dict[str, Any]) -> None:
     """Expose values to the book through myst-nb's glue when running inside a kernel."""
     try:

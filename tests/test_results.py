@@ -3,7 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from llmlab.results import lab_timings, load_results, record, results_path, save_timing
+from llmlab.results import (
+    UpstreamLabError,
+    begin_lab,
+    lab_passed,
+    lab_timings,
+    load_results,
+    record,
+    require_lab,
+    results_path,
+    save_timing,
+)
 
 
 def test_record_merges_and_converts_numpy_scalars():
@@ -45,3 +55,21 @@ def test_save_timing_refuses_nonsense(tmp_path, profile, seconds):
     with pytest.raises(ValueError):
         save_timing("01", profile, seconds, "2 CPU cores", path)
     assert not path.exists()
+
+
+def test_a_later_lab_uses_only_a_passed_run_of_the_same_profile():
+    with pytest.raises(UpstreamLabError, match="lab 98 has not run"):
+        require_lab("98", "cpu")
+    record("98", accuracy=0.5)  # an old run's values, before the lab tracked its status
+    begin_lab("98", "cpu")
+    assert load_results("98") == {"profile": "cpu", "status": "running"}, "old values survive"
+    record("98", accuracy=0.7)
+    with pytest.raises(UpstreamLabError, match="did not pass.*llmlab run 98 --profile cpu"):
+        require_lab("98", "cpu")
+    lab_passed("98")
+    assert require_lab("98", "cpu")["accuracy"] == 0.7
+    with pytest.raises(UpstreamLabError, match="profile 'cpu', not 'smoke'"):
+        require_lab("98", "smoke")
+    begin_lab("98", "cpu")  # a rerun that then fails leaves the lab unusable
+    with pytest.raises(UpstreamLabError, match="status 'running'"):
+        require_lab("98", "cpu")
