@@ -3,7 +3,14 @@ import time
 import pytest
 import torch
 
-from llmlab.bench import Timing, time_call, time_calls, torch_threads
+from llmlab.bench import (
+    Timing,
+    all_reduce_bandwidth,
+    time_call,
+    time_calls,
+    torch_threads,
+    two_four_mask,
+)
 
 
 def test_time_call_measures_what_the_function_costs():
@@ -60,3 +67,19 @@ def test_time_calls_interleaves_so_both_see_the_same_machine():
     assert order == ["a", "b"] + ["a", "b"] * 3
     assert set(timings) == {"a", "b"}
     assert all(len(t.samples) == 3 for t in timings.values())
+
+
+def test_two_four_mask_keeps_the_two_largest_of_every_four():
+    weight = torch.tensor([[1.0, -4, 3, 2, 0.5, 0.1, -0.2, 9], [0.3, -0.1, 0.2, 0.05, 5, -6, 7, 8]])
+    assert two_four_mask(weight).tolist() == [
+        [False, True, True, False, True, False, False, True],
+        [True, False, True, False, False, False, True, True],
+    ]
+
+
+def test_all_reduce_over_two_gloo_ranks_sums_right_and_measures_bandwidth():
+    measured = all_reduce_bandwidth("gloo", world_size=2, size_mb=1, timeout_s=60)
+    assert measured["sum_correct"] is True
+    assert (measured["backend"], measured["world_size"]) == ("gloo", 2)
+    assert measured["algbw_GBps"] > 0
+    assert measured["busbw_GBps"] == pytest.approx(measured["algbw_GBps"])  # 2(n-1)/n = 1
