@@ -126,8 +126,13 @@ def test_evaluate_stage_scores_the_saved_classifier_and_gates_it(tmp_path):
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert output.metric == "test_macro_f1" and output.value == saved["macro_f1"]
     assert 0.0 <= output.value < 0.9, "a random one-layer model cannot be good"
-    with pytest.raises(RuntimeError, match=r"quality gate: test macro-F1 0\.\d+ is below 0\.990"):
+    low, high = saved["macro_f1_interval"]
+    assert low < output.value < high and high - low > 0.02, "an interval over a few hundred rows"
+    with pytest.raises(RuntimeError, match=r"quality gate: test macro-F1 0\.\d+ \(95% interval"):
         evaluate_stage(min_macro_f1=0.99).run(context)
+    # A gate between the interval's lower end and the score: the point estimate alone would pass.
+    with pytest.raises(RuntimeError, match="does not clear"):
+        evaluate_stage(min_macro_f1=(low + output.value) / 2).run(context)
 
 
 def test_evaluate_stage_names_the_lab_that_makes_the_classifier(tmp_path):
