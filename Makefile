@@ -11,7 +11,11 @@ export LLMLAB_PROFILE := $(PROFILE)
 # Tools write into $HOME by default: tools/env.sh keeps their state in the build dir.
 ENV := . $(CURDIR)/tools/env.sh &&
 
-.PHONY: install book test lint unit notebooks site browser lab clean
+.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site browser lab gpu-check clean
+
+# What `make test` (and so CI) runs, in order: the README's `make book` on the default profile is
+# one of them, and the tests read the notebooks it executed (each lab runs once).
+TEST_STAGES := lint unit book executed site pipeline-e2e
 
 install: $(VENV)/.installed
 
@@ -47,17 +51,41 @@ book: install $(ASSETS_FETCHED)
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
 
 test: install
-	$(MAKE) PROFILE=smoke lint unit notebooks book site
+	@bash tools/stages.sh $(TEST_STAGES)
+
+# Quick local iteration: lint, unit tests and every lab under the smoke profile (nbval).
+smoke: install
+	@bash tools/stages.sh lint unit
+	$(MAKE) PROFILE=smoke notebooks
 
 lint: install
 	$(BIN)/ruff check llmlab tests labs
 	$(BIN)/ruff format --check llmlab tests labs
 
 unit: install
-	$(ENV) $(BIN)/python -m pytest tests -q --ignore=tests/site
+	$(ENV) $(BIN)/python -m pytest tests -q --ignore=tests/site --ignore=tests/book
+
+# The labs as `make book` executed them: no errors, claims passed on this profile, time budget.
+executed: install
+	$(ENV) $(BIN)/python -m pytest tests/book -q -s -p no:cacheprovider
+
+# `llmlab pipeline`, every stage, on the smoke profile in a build folder of its own: labs 02 and
+# 04 first make what the train stage (lab 05) reads.
+E2E_DIR := $(CURDIR)/_build/pipeline-e2e
+pipeline-e2e: install
+	rm -rf $(E2E_DIR)
+	export LLMLAB_BUILD_DIR=$(E2E_DIR)/_build LLMLAB_PROFILE=smoke && $(ENV) \
+	  $(BIN)/llmlab run 02 --out $(E2E_DIR)/runs && $(BIN)/llmlab run 04 --out $(E2E_DIR)/runs && \
+	  LLMLAB_PIPELINE_E2E=1 $(BIN)/python -m pytest tests/test_pipeline.py -q -p no:cacheprovider \
+	    -k end_to_end
 
 notebooks: install
 	$(ENV) $(BIN)/python -m pytest --nbval-lax labs -q -p no:cacheprovider
+
+# The gpu profile's GPU-only paths (bf16, torch.compile, fused AdamW, MFU, 2:4 sparsity, batching
+# on CUDA, NCCL), small, on one CUDA GPU: one JSON report; exits non-zero when a claim fails.
+gpu-check: install
+	$(ENV) $(BIN)/python -m llmlab.gpucheck --out $(LLMLAB_BUILD_DIR)/gpu-check.json
 
 # The built book in headless Chromium (Debian's package; Playwright drives it).
 site: install browser

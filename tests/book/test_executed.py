@@ -1,0 +1,88 @@
+"""The book's executed labs: every lab ran once on the build's profile, passed, and fit its budget.
+
+`make book` executes each lab (Jupyter Book's cache mode) and keeps the executed notebooks under
+<build dir>/jupyter_execute; these tests read them, so CI checks what the reader gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmlab.config import REPO_ROOT
+
+BUILD = Path(os.environ.get("LLMLAB_BUILD_DIR", REPO_ROOT / "_build"))
+PROFILE = os.environ.get("LLMLAB_PROFILE", "cpu")
+LAB_BUDGET_S = 300  # a reader's patience per lab on 2 cores (cpu profile)
+BOOK_BUDGET_S = 1800  # and for the whole book
+TOC_LABS = [
+    entry["file"]
+    for part in yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())["parts"]
+    for entry in part["chapters"]
+    if entry["file"].startswith("labs/")
+]
+
+
+def execution_seconds() -> dict[str, float]:
+    """Seconds each lab took to execute, from Jupyter Book's execution cache."""
+    from jupyter_cache import get_cache
+
+    seconds = {}
+    records = get_cache(BUILD / ".jupyter_cache").list_cache_records()
+    for record in sorted(records, key=lambda r: r.created):  # the newest execution wins
+        if record.data.get("execution_seconds") is not None:
+            lab = Path(record.uri).resolve().relative_to(REPO_ROOT).with_suffix("").as_posix()
+            seconds[lab] = record.data["execution_seconds"]
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def timings() -> dict[str, float]:
+    if not (BUILD / "jupyter_execute").is_dir():
+        pytest.fail(f"no executed book in {BUILD}: run `make book` (PROFILE={PROFILE}) first")
+    seconds = execution_seconds()
+    print(f"\nlab execution times ({PROFILE} profile, from {BUILD / '.jupyter_cache'}):")
+    for lab in TOC_LABS:
+        print(f"  {lab:<28} {seconds.get(lab, float('nan')):7.1f} s")
+    print(f"  {'total':<28} {sum(seconds.get(lab, 0) for lab in TOC_LABS):7.1f} s")
+    return seconds
+
+
+@pytest.mark.parametrize("lab", TOC_LABS)
+def test_lab_was_executed_without_errors(lab, timings):
+    path = BUILD / "jupyter_execute" / f"{lab}.ipynb"
+    assert path.exists(), f"{lab} was not executed into {path.parent}"
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors, f"{lab}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    unexecuted = [i for i, c in enumerate(cells) if c.get("execution_count") is None]
+    assert not unexecuted, f"{lab}: code cells {unexecuted} never ran"
+
+
+@pytest.mark.parametrize("lab", TOC_LABS)
+def test_lab_passed_its_claims_on_this_profile(lab, timings):
+    number = Path(lab).name[:2]
+    path = BUILD / "results" / f"lab{number}.json"
+    assert path.exists(), f"lab {number} recorded nothing in {path.parent}"
+    results = json.loads(path.read_text())
+    assert results.get("profile") == PROFILE, f"lab {number} ran under {results.get('profile')}"
+    assert results.get("status") == "passed", f"lab {number}: status {results.get('status')}"
+
+
+@pytest.mark.parametrize("lab", TOC_LABS)
+def test_lab_fits_a_readers_patience(lab, timings):
+    if PROFILE != "cpu":
+        pytest.skip("the time budget is the default (cpu) profile's")
+    assert lab in timings, f"{lab}: no execution time in the cache"
+    assert timings[lab] < LAB_BUDGET_S, f"{lab} took {timings[lab]:.0f} s (budget {LAB_BUDGET_S})"
+
+
+def test_book_fits_a_readers_patience(timings):
+    if PROFILE != "cpu":
+        pytest.skip("the time budget is the default (cpu) profile's")
+    total = sum(timings.get(lab, 0.0) for lab in TOC_LABS)
+    assert total < BOOK_BUDGET_S, f"the labs took {total:.0f} s together (budget {BOOK_BUDGET_S})"
