@@ -79,7 +79,12 @@ def pick_device(device: str = "auto") -> str:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy, torch and (if imported) tensorflow; optionally deterministic ops."""
+    """Seed python, numpy, torch and (if imported) tensorflow; optionally deterministic ops.
+
+    deterministic=True turns torch's deterministic algorithms on; the default leaves that global
+    setting alone, so reseeding (as `train` does) never undoes it. str hashes are random per
+    process unless PYTHONHASHSEED is set before Python starts; setting it here would not help.
+    """
     import sys
 
     import torch
@@ -87,7 +92,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
     if "tensorflow" in sys.modules:
         sys.modules["tensorflow"].random.set_seed(seed)
     if deterministic:
@@ -96,5 +100,3 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
         if "tensorflow" in sys.modules:
             sys.modules["tensorflow"].config.experimental.enable_op_determinism()
-    else:
-        torch.use_deterministic_algorithms(False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from llmlab.config import resolve_profile
 from llmlab.train import flops_per_token
@@ -50,10 +52,19 @@ def build_gpt(config: GPT2Config) -> PreTrainedModel:
     return model
 
 
+def _matmul_weight_count(model: nn.Module) -> int:
+    """Number of weights that take part in a matrix multiply: every Linear and GPT-2 Conv1D."""
+    layers = (module for module in model.modules() if isinstance(module, (nn.Linear, Conv1D)))
+    return sum(layer.weight.numel() for layer in layers)
+
+
 def gpt_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
-    """Training FLOPs per token of a GPT-2 model (positional embeddings do no matmul)."""
+    """Training FLOPs per token of a GPT-2 model: 6 per matmul weight, plus attention.
+
+    N counts the block matmuls and the output layer (`lm_head`), not the embeddings, whose
+    lookups multiply nothing, nor biases and LayerNorm gains (PaLM appendix B, nanoGPT).
+    """
     config = model.config
-    n_params = sum(p.numel() for p in model.parameters())
-    n_params -= model.transformer.wpe.weight.numel()
     head_dim = config.n_embd // config.n_head
-    return flops_per_token(n_params, config.n_layer, config.n_head, head_dim, seq_len)
+    n_matmul = _matmul_weight_count(model)
+    return flops_per_token(n_matmul, config.n_layer, config.n_head, head_dim, seq_len)

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -31,15 +32,31 @@ from tqdm.auto import tqdm
 from llmlab.config import pick_device, seed_everything
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets, in FLOP/s.
-# Order matters: the first name found in torch.cuda.get_device_name() wins.
+# Dense (no sparsity) tensor-core peaks in FLOP/s: bf16 for bf16 autocast runs, TF32 for fp32
+# runs (train() lets fp32 matmuls use TF32 on CUDA). Data sheets quote "with sparsity": halved.
+# The PCIe-card NVL parts run at lower clocks and power than SXM. Order matters: the first name
+# found as whole words in torch.cuda.get_device_name() wins ("NVIDIA H100 80GB HBM3" is SXM).
 PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM (the "80GB HBM3" part)
-    "A100": 312e12,
-    "L4": 121e12,
+    "H200 NVL": 835.5e12,  # H200 data sheet: 1,671 sparse
+    "H200": 989.4e12,  # H200 data sheet, SXM: 1,979 sparse
+    "GH200": 989.4e12,  # GH200 data sheet: 990 dense
+    "H100 NVL": 835.5e12,  # H100 data sheet, per GPU: 1,671 sparse
+    "H100 PCIe": 756.5e12,  # Hopper architecture whitepaper, table 3
+    "H100": 989.4e12,  # Hopper architecture whitepaper, table 3, SXM5
+    "A100": 312e12,  # A100 data sheet (SXM4 and PCIe alike)
+    "L4": 121e12,  # L4 data sheet: 242 sparse
 }
+PEAK_TF32_FLOPS = {
+    "H200 NVL": 417.5e12,  # H200 data sheet: 835 sparse
+    "H200": 494.7e12,  # H200 data sheet, SXM: 989 sparse
+    "GH200": 494.7e12,  # GH200 data sheet: 494 dense
+    "H100 NVL": 417.5e12,  # H100 data sheet, per GPU: 835 sparse
+    "H100 PCIe": 378e12,  # Hopper architecture whitepaper, table 3
+    "H100": 494.7e12,  # Hopper architecture whitepaper, table 3, SXM5
+    "A100": 156e12,  # A100 data sheet
+    "L4": 60e12,  # L4 data sheet: 120 sparse
+}
+PEAK_FLOPS = {torch.bfloat16: PEAK_BF16_FLOPS, torch.float32: PEAK_TF32_FLOPS}
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -268,12 +285,27 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float
     return flops_per_token * tokens_per_s / peak_flops
 
 
-def peak_flops(device_name: str) -> float | None:
-    """Dense bf16 peak FLOP/s for a known GPU name, else None (MFU is then not reported)."""
-    for name, peak in PEAK_BF16_FLOPS.items():
-        if name in device_name:
+def peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
+    """Dense peak FLOP/s of a known GPU for matmuls in `dtype`, else None (no MFU reported)."""
+    for name, peak in PEAK_FLOPS.get(dtype, {}).items():
+        if re.search(rf"\b{re.escape(name)}\b", device_name):
             return peak
     return None
+
+
+def run_peak_flops(config: TrainConfig, device: str) -> float | None:
+    """The peak MFU divides by: config.peak_flops, else the GPU's for the run's compute dtype."""
+    if config.peak_flops:
+        return config.peak_flops
+    if not device.startswith("cuda"):
+        return None
+    dtype = torch.bfloat16 if _uses_bf16(config.precision, "cuda") else torch.float32
+    return peak_flops(torch.cuda.get_device_name(device), dtype)
+
+
+def _uses_bf16(precision: str, device_type: str) -> bool:
+    """bf16 autocast when asked for, and by default on CUDA; fp32 otherwise."""
+    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -401,7 +433,7 @@ def train(
     """
     device = pick_device(config.device)
     device_type = device.split(":")[0]
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device_type == "cuda")
+    use_bf16 = _uses_bf16(config.precision, device_type)
     main = is_main_process()
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if checkpoint_dir is not None:
@@ -417,9 +449,7 @@ def train(
     model.to(device)
     optimizer = make_optimizer(unwrap(model), config, device)
     step_model = torch.compile(model) if config.compile else model
-    peak = config.peak_flops or (
-        peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
-    )
+    peak = run_peak_flops(config, device)
 
     step, epoch, position = 0, 0, 0
     rows: list[dict[str, Any]] = []

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -55,11 +57,35 @@ def test_seed_everything_repeats_random_draws():
     assert (first[1] == second[1]).all()
 
 
-def test_seed_everything_deterministic_flag_toggles_torch():
+@pytest.fixture
+def restore_determinism():
+    """Put torch's global deterministic-algorithms setting back as the test found it."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_seed_everything_deterministic_flag_turns_torch_determinism_on(restore_determinism):
+    torch.use_deterministic_algorithms(False)
     seed_everything(0, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
-    seed_everything(0)
+
+
+def test_seed_everything_never_switches_determinism_off(restore_determinism):
+    seed_everything(0, deterministic=True)
+    seed_everything(3)  # what train() does with its own seed
+    assert torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    seed_everything(3)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_seed_everything_leaves_pythonhashseed_alone(monkeypatch):
+    # Setting it at run time cannot change this interpreter's str hashing, only children's.
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    seed_everything(5)
+    assert "PYTHONHASHSEED" not in os.environ
 
 
 def test_build_and_artifact_dirs_follow_env(isolated_build_dir):

@@ -18,6 +18,7 @@ from llmlab.train import (
     lr_at,
     mfu,
     peak_flops,
+    run_peak_flops,
     shuffled_batches,
     train,
     unwrap,
@@ -221,12 +222,47 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 def test_flops_and_mfu_arithmetic():
     # 6N + 12 L H Q T with N=1000, L=2, H=4, Q=8, T=16: 6000 + 12288.
     assert flops_per_token(1000, 2, 4, 8, 16) == 18288
-    # A 1e9-parameter model at 50k tokens/s does 3e14 FLOP/s: 30.3% of an H100 SXM.
-    assert mfu(6e9, 5e4, peak_flops("NVIDIA H100 80GB HBM3")) == pytest.approx(0.30334, abs=1e-4)
-    assert peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert peak_flops("Some Laptop GPU") is None
+    # A 1e9-parameter model at 50k tokens/s does 3e14 FLOP/s: 30.3% of an H100 SXM in bf16.
+    sxm_bf16 = peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16)
+    assert mfu(6e9, 5e4, sxm_bf16) == pytest.approx(0.30321, abs=1e-4)
     with pytest.raises(ValueError):
         mfu(1.0, 1.0, 0.0)
+
+
+def test_peak_flops_by_gpu_name_and_compute_dtype():
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert peak_flops("NVIDIA H100 80GB HBM3", bf16) == 989.4e12  # SXM
+    assert peak_flops("NVIDIA H200", bf16) == 989.4e12  # SXM
+    assert peak_flops("NVIDIA H100 NVL", bf16) == 835.5e12  # PCIe card, lower clocks and power
+    assert peak_flops("NVIDIA H200 NVL", bf16) == 835.5e12
+    assert peak_flops("NVIDIA H100 PCIe", bf16) == 756.5e12
+    # An fp32 run uses the TF32 tensor cores: half the bf16 rate.
+    assert peak_flops("NVIDIA H100 80GB HBM3", fp32) == 494.7e12
+    assert peak_flops("NVIDIA H200 NVL", fp32) == 417.5e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", fp32) == 156e12
+    assert peak_flops("NVIDIA L40S", bf16) is None  # not the L4
+    assert peak_flops("Some Laptop GPU", bf16) is None
+    assert peak_flops("NVIDIA H100 80GB HBM3", torch.float16) is None
+
+
+def test_mfu_peak_follows_the_runs_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 NVL")
+    assert run_peak_flops(TrainConfig(precision="auto"), "cuda") == 835.5e12
+    assert run_peak_flops(TrainConfig(precision="fp32"), "cuda:0") == 417.5e12
+    assert run_peak_flops(TrainConfig(precision="fp32", peak_flops=1e12), "cuda") == 1e12
+    assert run_peak_flops(TrainConfig(), "cpu") is None
+
+
+def test_train_keeps_deterministic_mode_on():
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        model, batches, _, config = lm_setup(None, max_steps=1, grad_accum_steps=1)
+        train(model, batches, config)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def test_helpers_on_batches_and_wrappers():
