@@ -47,6 +47,7 @@ $(ASSETS_FETCHED):
 	touch $@
 
 book: install $(ASSETS_FETCHED)
+	bash tools/book_cache.sh $(LLMLAB_BUILD_DIR)/.jupyter_cache
 	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
 
