@@ -30,7 +30,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # copied as an extra path, not from _static/, where Jupyter Book would load every .js file.
 SITE_ASSETS := _build/site-assets
 ASSETS_FETCHED := _build/npm/.fetched
-# The widget manager loads its icon fonts from @jupyter-widgets/... next to the page: labs/.
+# The widget manager's script sits next to the lab pages (labs/); the icon fonts it loads for a
+# widget's icons are requested from labs/@jupyter-widgets/ itself, so they are copied there too.
 WIDGET_MANAGER := $(SITE_ASSETS)/labs/@jupyter-widgets/html-manager/dist
 $(ASSETS_FETCHED):
 	rm -rf _build/npm $(SITE_ASSETS) && mkdir -p _build/npm $(SITE_ASSETS)/mathjax $(SITE_ASSETS)/widgets
@@ -44,6 +45,7 @@ $(ASSETS_FETCHED):
 	mkdir -p $(WIDGET_MANAGER)
 	tar xzf _build/npm/jupyter-widgets-html-manager-1.0.6.tgz -C $(WIDGET_MANAGER) \
 	  --strip-components=2 --exclude='*.map' package/dist
+	cp $(addprefix $(WIDGET_MANAGER)/*.,woff woff2 ttf eot svg) $(SITE_ASSETS)/labs/@jupyter-widgets/
 	touch $@
 
 book: install $(ASSETS_FETCHED)
