@@ -11,6 +11,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
 
@@ -146,14 +147,12 @@ def doctor() -> int:
     return 1 if problems else 0
 
 
-def lab(jupyter_args: list[str]) -> int:
-    """Start JupyterLab on labs/ with this environment's kernel."""
-    import subprocess
-
+def lab(jupyter_args: list[str]) -> NoReturn:
+    """Become JupyterLab on labs/ with this environment's kernel (a signal then reaches it)."""
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={LABS_DIR}"]
     if os.geteuid() == 0:  # containers and CI machines often run as root
         command.append("--allow-root")
-    return subprocess.call(command + jupyter_args)
+    os.execv(sys.executable, command + jupyter_args)
 
 
 def serve(args: argparse.Namespace) -> int:

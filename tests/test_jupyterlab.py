@@ -60,6 +60,8 @@ def server(tmp_path_factory):
     yield base
     process.terminate()
     process.wait(timeout=20)
+    with pytest.raises(OSError):  # `llmlab lab` is the server: stopping it leaves none behind
+        api(base, "/api/status")
 
 
 def test_contents_api_lists_every_lab(server):
