@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
+from llmlab.config import PROFILES, REPO_ROOT, pick_device, profile_build_dir, resolve_profile
 
 LABS_DIR = REPO_ROOT / "labs"
 RUNS_DIR = REPO_ROOT / "runs"
@@ -59,6 +59,18 @@ def parse_value(text: str) -> object:
         return text
 
 
+def use_profile(profile: str) -> Path:
+    """Point this process and its kernels at `profile`'s build dir (unless one was chosen)."""
+    chosen = os.environ.get("LLMLAB_BUILD_DIR")
+    default = REPO_ROOT / "_build"
+    if chosen is None or Path(chosen).resolve() == default.resolve():
+        os.environ["LLMLAB_BUILD_DIR"] = str(profile_build_dir(profile))
+    if os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{default}/mlflow.db":
+        del os.environ["MLFLOW_TRACKING_URI"]  # the registry then lives in the profile's dir
+    os.environ["LLMLAB_PROFILE"] = profile
+    return Path(os.environ["LLMLAB_BUILD_DIR"])
+
+
 def execute_lab(notebook: Path, profile: str, parameters: dict[str, object], out_dir: Path) -> Path:
     """Execute one lab with papermill into `out_dir`; return the executed notebook's path."""
     import papermill
@@ -96,8 +108,9 @@ def run(
         raise ValueError("--save-timings records default runs only: drop the -p parameters")
     notebooks = lab_paths() if lab == "all" else [find_lab(lab)]
     out_dir = out or RUNS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    build = use_profile(chosen)
     for notebook in notebooks:
-        print(f"running {notebook.stem} (profile={chosen}) -> {out_dir}")
+        print(f"running {notebook.stem} (profile={chosen}, build dir {build}) -> {out_dir}")
         started = time.perf_counter()
         try:
             execute_lab(notebook, chosen, parameters, out_dir)

@@ -37,6 +37,13 @@ def build_dir() -> Path:
     return path
 
 
+def profile_build_dir(profile: str) -> Path:
+    """Where `profile`'s outputs live: _build/ for cpu, else _build/profiles/<profile>/_build."""
+    root = REPO_ROOT / "_build"
+    chosen = resolve_profile(profile)
+    return root if chosen == DEFAULT_PROFILE else root / "profiles" / chosen / "_build"
+
+
 def artifacts_dir(name: str = "") -> Path:
     """Directory where a lab saves what later labs consume, e.g. artifacts_dir('classifier')."""
     path = build_dir() / "artifacts" / name

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import PROFILES, REPO_ROOT, build_dir
+from llmlab.config import PROFILES, REPO_ROOT, build_dir, data_dir, profile_build_dir
 
 # Wall time of each lab per profile, written by `llmlab run --save-timings` and shown on each
 # lab's page; committed, so the book quotes measured times, never guessed ones.
@@ -62,9 +63,43 @@ class UpstreamLabError(RuntimeError):
     """A lab's input comes from an earlier lab that has not passed under this profile."""
 
 
+class ProfileMismatchError(RuntimeError):
+    """A build dir holds one profile's outputs; a run under another profile must use its own."""
+
+
+def data_fingerprint() -> str:
+    """SHA-256 of the shipped data files' current contents: the data a lab's outputs belong to."""
+    from llmlab.data import SHIPPED_FILES, sha256_file
+
+    digest = hashlib.sha256()
+    for name in sorted(SHIPPED_FILES):
+        path = data_dir() / name
+        digest.update(f"{name}:{sha256_file(path) if path.exists() else 'missing'}\n".encode())
+    return digest.hexdigest()
+
+
+def claim_build_dir(profile: str) -> Path:
+    """Mark the build dir as `profile`'s; refuse one that holds another profile's outputs."""
+    stamp = build_dir() / "PROFILE"
+    owner = stamp.read_text().strip() if stamp.exists() else profile
+    if owner != profile:
+        own = profile_build_dir(profile)
+        raise ProfileMismatchError(
+            f"{build_dir()} holds the {owner!r} profile's outputs and a {profile!r} run would mix "
+            f"them: use `llmlab run NN --profile {profile}` (it writes to {own}) or set "
+            f"LLMLAB_BUILD_DIR={own} before starting Jupyter"
+        )
+    stamp.write_text(profile + "\n")
+    return build_dir()
+
+
 def begin_lab(lab: str, profile: str) -> None:
     """Start a fresh results file for lab `lab`: until lab_passed(), later labs refuse it."""
-    _write_json(results_path(lab), {"profile": profile, "status": "running"})
+    claim_build_dir(profile)
+    _write_json(
+        results_path(lab),
+        {"profile": profile, "status": "running", "data_fingerprint": data_fingerprint()},
+    )
 
 
 def lab_passed(lab: str) -> None:
@@ -82,6 +117,10 @@ def require_lab(lab: str, profile: str) -> dict[str, Any]:
     if results.get("profile") != profile:
         raise UpstreamLabError(
             f"lab {lab} last ran under profile {results.get('profile')!r}, not {profile!r}: {rerun}"
+        )
+    if results.get("data_fingerprint") != data_fingerprint():
+        raise UpstreamLabError(
+            f"lab {lab} last ran on other data (the shipped files changed since): {rerun}"
         )
     if results.get("status") != "passed":
         raise UpstreamLabError(

@@ -1,4 +1,5 @@
 import json
+import os
 
 import nbformat
 import pytest
@@ -70,3 +71,19 @@ def test_run_with_save_timings_records_the_wall_time(tmp_path, monkeypatch):
     assert main(["run", "98", "--profile", "smoke", "--save-timings", "--out", str(tmp_path)]) == 0
     recorded = json.loads(timings.read_text())["98"]["smoke"]
     assert 0.2 <= recorded["seconds"] < 120 and "CPU cores" in recorded["machine"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"), [("cpu", "_build"), ("smoke", "_build/profiles/smoke/_build")]
+)
+def test_each_profile_runs_in_its_own_build_dir(monkeypatch, profile, expected):
+    monkeypatch.setenv("LLMLAB_BUILD_DIR", str(cli.REPO_ROOT / "_build"))  # what tools/env.sh sets
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cli.REPO_ROOT / '_build'}/mlflow.db")
+    assert cli.use_profile(profile) == cli.REPO_ROOT / expected
+    assert os.environ["LLMLAB_PROFILE"] == profile
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "the registry must follow the build dir"
+
+
+def test_an_explicit_build_dir_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMLAB_BUILD_DIR", str(tmp_path))
+    assert cli.use_profile("smoke") == tmp_path
