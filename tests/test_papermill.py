@@ -31,4 +31,8 @@ def test_lab_01_records_what_papermill_injected(tmp_path: Path, monkeypatch: pyt
     assert first["first_test_index"] != second["first_test_index"], "seed did not change the split"
     # ... and steps, step size and split together change where gradient descent ends.
     assert first["final_train_risk"] != pytest.approx(second["final_train_risk"], rel=1e-6)
-    assert first["steps_raw"] == 40 and second["steps_raw"] == 80, "max_steps was not used"
+    # The race to a fixed target risk is measured, not the budget: raw features do not get there
+    # within 40 or 80 steps (recorded as None), standardized ones do.
+    assert first["steps_raw"] is None and second["steps_raw"] is None, "raw cannot be that fast"
+    assert 0 < first["steps_standardized"] <= 40 and 0 < second["steps_standardized"] <= 80
+    assert first["raw_risk_at_budget"] > second["raw_risk_at_budget"], "max_steps was not used"
