@@ -111,7 +111,7 @@ def check_pretrain(device: str, sizes: Sizes) -> CheckResult:
     claims = [loss_claim, ("tokens/s > 0", result.tokens_per_s > 0, f"{result.tokens_per_s:.3g}")]
     if cuda:
         known = result.mfu is not None
-        detail = f"{result.mfu:.3f}" if known else "no bf16 peak in llmlab.train.PEAK_BF16_FLOPS"
+        detail = f"{result.mfu:.3f}" if known else "no bf16 peak in llmlab.flops.PEAK_BF16_FLOPS"
         claims.append(("MFU in (0, 1)", known and 0 < result.mfu < 1, detail))
     return values, claims
 

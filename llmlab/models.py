@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from llmlab.config import resolve_profile
-from llmlab.train import flops_per_token
+from llmlab.flops import flops_per_token
 
 # Sizes per profile. gpu is GPT-2 small's shape: big enough matmuls to keep an H100 busy;
 # smoke and cpu are sized to learn something in seconds or minutes on 2 cores. No dropout:

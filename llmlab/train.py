@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -30,33 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llmlab.config import pick_device, seed_everything
+from llmlab.flops import mfu, peak_flops
 
 PRECISIONS = ("auto", "bf16", "fp32")
-# Dense (no sparsity) tensor-core peaks in FLOP/s: bf16 for bf16 autocast runs, TF32 for fp32
-# runs (train() lets fp32 matmuls use TF32 on CUDA). Data sheets quote "with sparsity": halved.
-# The PCIe-card NVL parts run at lower clocks and power than SXM. Order matters: the first name
-# found as whole words in torch.cuda.get_device_name() wins ("NVIDIA H100 80GB HBM3" is SXM).
-PEAK_BF16_FLOPS = {
-    "H200 NVL": 835.5e12,  # H200 data sheet: 1,671 sparse
-    "H200": 989.4e12,  # H200 data sheet, SXM: 1,979 sparse
-    "GH200": 989.4e12,  # GH200 data sheet: 990 dense
-    "H100 NVL": 835.5e12,  # H100 data sheet, per GPU: 1,671 sparse
-    "H100 PCIe": 756.5e12,  # Hopper architecture whitepaper, table 3
-    "H100": 989.4e12,  # Hopper architecture whitepaper, table 3, SXM5
-    "A100": 312e12,  # A100 data sheet (SXM4 and PCIe alike)
-    "L4": 121e12,  # L4 data sheet: 242 sparse
-}
-PEAK_TF32_FLOPS = {
-    "H200 NVL": 417.5e12,  # H200 data sheet: 835 sparse
-    "H200": 494.7e12,  # H200 data sheet, SXM: 989 sparse
-    "GH200": 494.7e12,  # GH200 data sheet: 494 dense
-    "H100 NVL": 417.5e12,  # H100 data sheet, per GPU: 835 sparse
-    "H100 PCIe": 378e12,  # Hopper architecture whitepaper, table 3
-    "H100": 494.7e12,  # Hopper architecture whitepaper, table 3, SXM5
-    "A100": 156e12,  # A100 data sheet
-    "L4": 60e12,  # L4 data sheet: 120 sparse
-}
-PEAK_FLOPS = {torch.bfloat16: PEAK_BF16_FLOPS, torch.float32: PEAK_TF32_FLOPS}
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -247,7 +222,7 @@ def _check_resumable(source: BatchSource) -> None:
                 )
 
 
-# ---------------------------------------------------------------- schedule, optimizer, MFU
+# ---------------------------------------------------------------- schedule, optimizer, peak
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -269,28 +244,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: str) -> torch.
     ]
     fused = device.startswith("cuda")
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
-
-
-def flops_per_token(
-    n_params: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int
-) -> float:
-    """Training FLOPs per token, 6N + 12·L·H·Q·T (PaLM, appendix B): matmuls plus attention."""
-    return 6 * n_params + 12 * n_layers * n_heads * head_dim * seq_len
-
-
-def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilization: achieved model FLOP/s over the hardware's peak."""
-    if peak_flops <= 0:
-        raise ValueError(f"peak_flops must be positive, got {peak_flops}")
-    return flops_per_token * tokens_per_s / peak_flops
-
-
-def peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
-    """Dense peak FLOP/s of a known GPU for matmuls in `dtype`, else None (no MFU reported)."""
-    for name, peak in PEAK_FLOPS.get(dtype, {}).items():
-        if re.search(rf"\b{re.escape(name)}\b", device_name):
-            return peak
-    return None
 
 
 def run_peak_flops(config: TrainConfig, device: str) -> float | None:

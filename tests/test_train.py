@@ -6,18 +6,16 @@ from safetensors.torch import load_file
 from torch import nn
 
 from llmlab.bench import torch_threads
+from llmlab.flops import achievable_matmul_flops, flops_per_token, mfu, peak_flops
 from llmlab.train import (
     SimulatedCrash,
     TrainConfig,
     classification_loss,
     count_tokens,
     evaluate,
-    flops_per_token,
     list_checkpoints,
     load_weights,
     lr_at,
-    mfu,
-    peak_flops,
     run_peak_flops,
     shuffled_batches,
     train,
@@ -286,3 +284,15 @@ def test_bf16_autocast_path_runs_on_cpu():
     result = train(model, batches, config)
     assert result.history["train_loss"].notna().all()
     assert model.hidden.weight.dtype == torch.float32, "autocast must keep fp32 master weights"
+
+
+def test_the_achievable_matmul_peak_is_measured_and_bounds_a_matmul():
+    measured = achievable_matmul_flops("cpu", torch.float32, size=256, repeats=3)
+    assert 1e8 < measured < 1e14, f"{measured:.3g} FLOP/s is not a CPU's matmul throughput"
+    a = torch.randn(256, 256)
+    import time
+
+    started = time.perf_counter()
+    a @ a
+    one_call = 2 * 256**3 / (time.perf_counter() - started)
+    assert one_call <= 3 * measured, "the best of several calls must not be far below one call"
