@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import save_tiny_classifier
+from serving_helpers import ADMIN, ADMIN_TOKEN, LABELS, TEXTS, running, save_models
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from llmlab.serve import (
@@ -31,23 +30,21 @@ from llmlab.serve import (
     summarize,
 )
 
-LABELS = ("greeting", "card_lost", "balance")
-TEXTS = ["hello there", "I lost my card yesterday", "what is my balance", "bye", "card?"]
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two versions of a tiny classifier, v1 and v2, that disagree."""
-    root = tmp_path_factory.mktemp("models")
-    return {
-        name: save_tiny_classifier(root / name, seed, LABELS)
-        for seed, name in enumerate(("v1", "v2"))
-    }
+    return save_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMLAB_ADMIN_TOKEN", ADMIN_TOKEN)
 
 
 @pytest.fixture
-def client(models: dict[str, Path]) -> TestClient:
-    with TestClient(create_app(ServeConfig(model=str(models["v1"]), max_wait_ms=2))) as client:
+def client(models: dict[str, Path]):
+    with running(create_app(ServeConfig(model=str(models["v1"]), max_wait_ms=2))) as client:
         yield client
 
 
@@ -119,7 +116,7 @@ def test_malformed_bodies_get_400_or_413(client, raw, status, message):
     assert client.post("/predict", json={"text": "still there?"}).status_code == 200
 
 
-def test_a_crashing_model_gives_500_and_the_next_request_works(client):
+def test_a_crashing_model_gives_500_with_a_request_id_and_the_next_request_works(client, caplog):
     classifier = client.app.state.service.variants["champion"].batcher.classifier
     working = classifier.logits
 
@@ -127,9 +124,15 @@ def test_a_crashing_model_gives_500_and_the_next_request_works(client):
         raise RuntimeError("CUDA out of memory (simulated)")
 
     classifier.logits = crash
-    response = client.post("/predict", json={"text": "hello"})
+    with caplog.at_level("ERROR", logger="llmlab.serve"):
+        response = client.post("/predict", json={"text": "hello"})
     assert response.status_code == 500
-    assert "the model failed: RuntimeError: CUDA out of memory" in response.text
+    request_id = response.json()["request_id"]
+    assert request_id == response.headers["x-request-id"]
+    assert "CUDA" not in response.text, "5xx bodies name the request, not the exception"
+    assert any(
+        request_id in r.message and "CUDA out of memory" in r.message for r in caplog.records
+    )
     classifier.logits = working
     assert client.get("/ready").status_code == 200
     assert client.post("/predict", json={"text": "hello"}).status_code == 200
@@ -137,7 +140,7 @@ def test_a_crashing_model_gives_500_and_the_next_request_works(client):
 
 def test_a_slow_model_gives_504_while_health_still_answers(models):
     app = create_app(ServeConfig(model=str(models["v1"]), timeout_s=0.2))
-    with TestClient(app) as client:
+    with running(app) as client:
         classifier = app.state.service.variants["champion"].batcher.classifier
         working = classifier.logits
 
@@ -149,6 +152,7 @@ def test_a_slow_model_gives_504_while_health_still_answers(models):
         response = client.post("/predict", json={"text": "hello"})
         assert response.status_code == 504
         assert "did not answer within 0.2 s" in response.text
+        assert response.json()["request_id"]
         started = time.perf_counter()
         assert client.get("/health").status_code == 200
         assert time.perf_counter() - started < 0.2, "the event loop must not wait for the model"
@@ -158,7 +162,9 @@ def test_a_slow_model_gives_504_while_health_still_answers(models):
 
 
 def test_health_ready_openapi_and_unknown_routes(client):
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["state"] == "serving"
+    assert health["workers"]["champion"] == {"alive": True, "restarts": 0, "last_error": None}
     assert client.get("/ready").json() == {"status": "ready", "models": {"champion": "v1"}}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/health", "/ready", "/metrics", "/admin/reload"} <= set(paths)
@@ -166,11 +172,11 @@ def test_health_ready_openapi_and_unknown_routes(client):
     assert client.get("/nope").status_code == 404
 
 
-def test_ready_reports_503_when_the_batch_worker_died(client):
+def test_ready_and_health_report_503_when_the_batch_worker_was_stopped(client):
     client.app.state.service.variants["champion"].batcher.worker.cancel()
     time.sleep(0.05)
-    assert client.get("/ready").status_code == 503
-    assert client.get("/health").status_code == 200
+    assert client.get("/ready").json()["reason"] == "champion batch worker is dead"
+    assert client.get("/health").status_code == 503
 
 
 def metric_values(text: str) -> dict[tuple[str, tuple], float]:
@@ -227,7 +233,7 @@ def test_batcher_gathers_concurrent_requests_into_one_forward_pass(models):
 
 
 def test_batcher_rejects_nonsense_settings(models):
-    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="max_batch_size and max_queue must be >= 1"):
         DynamicBatcher(load_classifier(models["v1"]), max_batch_size=0)
 
 
@@ -236,7 +242,7 @@ def test_hot_reload_switches_version_with_no_failed_request(models, tmp_path):
     alias.symlink_to(models["v1"])
     app = create_app(ServeConfig(model=str(alias), max_wait_ms=1))
     statuses, versions = [], []
-    with TestClient(app) as client:
+    with running(app) as client:
         stop = threading.Event()
 
         def traffic():
@@ -251,7 +257,7 @@ def test_hot_reload_switches_version_with_no_failed_request(models, tmp_path):
         time.sleep(0.2)
         alias.unlink()
         alias.symlink_to(models["v2"])
-        reloaded = client.post("/admin/reload")
+        reloaded = client.post("/admin/reload", headers=ADMIN)
         time.sleep(0.2)
         stop.set()
         sender.join()
@@ -266,12 +272,12 @@ def test_reload_loads_only_the_variants_whose_version_changed(models, tmp_path):
     alias = tmp_path / "champion"
     alias.symlink_to(models["v1"])
     config = ServeConfig(model=str(alias), challenger=str(models["v2"]))
-    with TestClient(create_app(config)) as client:
+    with running(create_app(config)) as client:
         variants = client.app.state.service.variants
         challenger_before = variants["challenger"].batcher.classifier
         alias.unlink()
         alias.symlink_to(models["v2"])
-        assert client.post("/admin/reload").json()["models"] == {
+        assert client.post("/admin/reload", headers=ADMIN).json()["models"] == {
             "champion": "v2",
             "challenger": "v2",
         }
@@ -281,12 +287,13 @@ def test_reload_loads_only_the_variants_whose_version_changed(models, tmp_path):
 def test_a_failed_reload_keeps_serving_the_old_model(models, tmp_path):
     alias = tmp_path / "champion"
     alias.symlink_to(models["v1"])
-    with TestClient(create_app(ServeConfig(model=str(alias)))) as client:
+    with running(create_app(ServeConfig(model=str(alias)))) as client:
         alias.unlink()
         alias.symlink_to(tmp_path)  # not a model
-        response = client.post("/admin/reload")
+        response = client.post("/admin/reload", headers=ADMIN)
         assert response.status_code == 500
         assert "reload failed, still serving {'champion': 'v1'}" in response.text
+        assert response.json()["request_id"]
         answer = client.post("/predict", json={"text": "hi"}).json()
         assert answer["predictions"][0]["model_version"] == "v1"
 
@@ -295,27 +302,37 @@ def test_ab_split_routes_a_fraction_to_the_challenger(models):
     config = ServeConfig(
         model=str(models["v1"]), challenger=str(models["v2"]), challenger_fraction=0.3, seed=1
     )
-    with TestClient(create_app(config)) as client:
+    with running(create_app(config)) as client:
         answers = [client.post("/predict", json={"text": "hi"}).json() for _ in range(60)]
         share = np.mean([a["variant"] == "challenger" for a in answers])
         assert 0.1 < share < 0.5, f"challenger got {share:.0%} of traffic, configured 30%"
         for answer in answers:
             expected = "v2" if answer["variant"] == "challenger" else "v1"
             assert answer["predictions"][0]["model_version"] == expected
-        assert client.put("/admin/traffic", json={"challenger_fraction": 1.0}).status_code == 200
+        assert (
+            client.put(
+                "/admin/traffic", headers=ADMIN, json={"challenger_fraction": 1.0}
+            ).status_code
+            == 200
+        )
         assert client.post("/predict", json={"text": "hi"}).json()["variant"] == "challenger"
-        assert client.put("/admin/traffic", json={"challenger_fraction": 1.5}).status_code == 422
+        assert (
+            client.put(
+                "/admin/traffic", headers=ADMIN, json={"challenger_fraction": 1.5}
+            ).status_code
+            == 422
+        )
 
 
 def test_traffic_split_without_challenger_is_a_409(client):
-    response = client.put("/admin/traffic", json={"challenger_fraction": 0.1})
+    response = client.put("/admin/traffic", headers=ADMIN, json={"challenger_fraction": 0.1})
     assert response.status_code == 409
     assert "no challenger" in response.text
 
 
 def test_prediction_log_has_label_and_confidence_but_no_text(models, tmp_path):
     log = tmp_path / "predictions.jsonl"
-    with TestClient(create_app(ServeConfig(model=str(models["v1"]), prediction_log=log))) as client:
+    with running(create_app(ServeConfig(model=str(models["v1"]), prediction_log=log))) as client:
         predictions = client.post("/predict", json={"texts": TEXTS}).json()["predictions"]
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [row["label"] for row in rows] == [p["label"] for p in predictions]
@@ -393,9 +410,11 @@ def test_moving_the_registry_alias_and_reloading_switches_the_served_version(mod
     first = registry.register(models["v1"], "tiny", {"accuracy": 0.5}, lineage)
     second = registry.register(models["v2"], "tiny", {"accuracy": 0.6}, lineage)
     registry.promote("tiny", first)
-    with TestClient(create_app(ServeConfig(model="tiny@champion"))) as client:
+    with running(create_app(ServeConfig(model="tiny@champion"))) as client:
         assert client.get("/ready").json()["models"] == {"champion": f"tiny/{first}"}
         registry.promote("tiny", second)
-        assert client.post("/admin/reload").json() == {"models": {"champion": f"tiny/{second}"}}
+        assert client.post("/admin/reload", headers=ADMIN).json() == {
+            "models": {"champion": f"tiny/{second}"}
+        }
         answer = client.post("/predict", json={"text": "hi"}).json()
         assert answer["predictions"][0]["model_version"] == f"tiny/{second}"

@@ -1,0 +1,80 @@
+"""A closed-loop HTTP load generator for the service, and its summary."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+async def load_test(
+    url: str,
+    texts: Sequence[str],
+    requests: int = 200,
+    concurrency: int = 16,
+    time_limit_s: float = 30.0,
+    timeout_s: float = 10.0,
+    stop: asyncio.Event | None = None,
+) -> pd.DataFrame:
+    """Closed-loop load: `concurrency` clients each send one text per POST /predict, then the
+    next, until `requests` were sent, `time_limit_s` passed or `stop` was set. One row per
+    request: its text's index, send time, latency, status, the answer's variant, label, version."""
+    import httpx
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    counter = itertools.count()
+    tls = ssl.create_default_context()  # built once: each client would otherwise spend ~30 ms
+    start = time.perf_counter()
+
+    def keep_going() -> bool:
+        in_time = time.perf_counter() - start < time_limit_s
+        return in_time and not (stop and stop.is_set())
+
+    async def one_client() -> None:
+        # A client (one keep-alive connection) per simulated user: one shared pool costs more
+        # CPU per request than the server does.
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, verify=tls) as client:
+            while keep_going() and (index := next(counter)) < requests:
+                sent = time.perf_counter()
+                row: dict[str, Any] = {"text_index": index % len(texts), "sent_s": sent - start}
+                row["status"] = 0  # no HTTP answer at all
+                try:
+                    text = texts[row["text_index"]]
+                    response = await client.post("/predict", json={"text": text})
+                    row["status"] = response.status_code
+                    if response.status_code == 200:
+                        body = response.json()
+                        first = body["predictions"][0]
+                        row |= {"variant": body["variant"], "label": first["label"]}
+                        row |= {"score": first["score"], "model_version": first["model_version"]}
+                except httpx.HTTPError as error:  # refused, reset, timed out: a failed request
+                    row["error"] = type(error).__name__
+                row["latency_s"] = time.perf_counter() - sent
+                rows.append(row)
+
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return pd.DataFrame(rows)
+
+
+def summarize(requests: pd.DataFrame) -> dict[str, float]:
+    """Throughput (successful requests/s) and latency percentiles (ms) of a load test."""
+    ok = requests[requests.status == 200]
+    span = (requests.sent_s + requests.latency_s).max() - requests.sent_s.min()
+    latency_ms = ok.latency_s.to_numpy() * 1000
+    return {
+        "requests": len(requests),
+        "failed": int((requests.status != 200).sum()),
+        "throughput_rps": len(ok) / span,
+        "p50_ms": float(np.percentile(latency_ms, 50)),
+        "p95_ms": float(np.percentile(latency_ms, 95)),
+        "p99_ms": float(np.percentile(latency_ms, 99)),
+    }
