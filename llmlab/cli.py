@@ -203,6 +203,7 @@ def pipeline(args: argparse.Namespace) -> int:
     if args.stages:
         stages = select_stages(stages, args.stages.split(","))
     parameters = {key: parse_value(value) for key, value in args.param}
+    use_profile(resolve_profile(args.profile))
     results = run_pipeline(stages, args.profile, args.out, parameters)
     print(report_table(results).drop(columns="error").to_string())
     failed = failed_stage(results)

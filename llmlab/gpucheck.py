@@ -89,6 +89,7 @@ def _classifier_head(labels: list[str]) -> dict[str, Any]:
 def check_pretrain(device: str, sizes: Sizes) -> CheckResult:
     """Lab 04's path: a GPT on Austen's bytes, bf16 autocast, compiled on CUDA; tokens/s, MFU."""
     from llmlab.data import load_corpus
+    from llmlab.flops import achievable_matmul_flops
     from llmlab.models import build_gpt, gpt_config, gpt_flops_per_token
 
     config = gpt_config(sizes.gpt_profile, vocab_size=256)
@@ -106,9 +107,19 @@ def check_pretrain(device: str, sizes: Sizes) -> CheckResult:
     batches = shuffled_batches(examples, sizes.gpt_batch, seed=0)
     result = train(model, batches, run, flops_per_token=flops)
     values, loss_claim = _loss_claim(result)
+    achievable = achievable_matmul_flops(device, torch.bfloat16 if cuda else torch.float32)
+    achievable_mfu = flops * result.tokens_per_s / achievable
     values |= {"tokens_per_s": result.tokens_per_s, "mfu": result.mfu, "compiled": cuda}
+    values |= {"achievable_flops": achievable, "achievable_mfu": achievable_mfu}
     values |= {"parameters": sum(p.numel() for p in model.parameters()), "steps": result.steps}
     claims = [loss_claim, ("tokens/s > 0", result.tokens_per_s > 0, f"{result.tokens_per_s:.3g}")]
+    claims.append(
+        (
+            "MFU of the measured matmul peak in (0, 1)",
+            0 < achievable_mfu < 1,
+            f"{achievable_mfu:.3f}",
+        )
+    )
     if cuda:
         known = result.mfu is not None
         detail = f"{result.mfu:.3f}" if known else "no bf16 peak in llmlab.flops.PEAK_BF16_FLOPS"
