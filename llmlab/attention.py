@@ -84,7 +84,11 @@ class MultiHeadAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Attention then feed-forward, each wrapped in a residual connection and a layer norm."""
+    """Attention then feed-forward, each wrapped in a residual connection and a layer norm.
+
+    `causal=True` in forward() makes it a decoder-only (GPT) block; GPT-2 also uses
+    `norm_first=True` and the tanh approximation of GELU (`gelu_approximate="tanh"`).
+    """
 
     def __init__(
         self,
@@ -94,13 +98,14 @@ class EncoderBlock(nn.Module):
         dropout: float = 0.1,
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
+        gelu_approximate: str = "none",
     ):
         super().__init__()
         self.norm_first = norm_first
         self.attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.feed_forward = nn.Sequential(
-            nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model)
+            nn.Linear(d_model, d_ff), nn.GELU(gelu_approximate), nn.Linear(d_ff, d_model)
         )
         self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
