@@ -418,3 +418,21 @@ def test_moving_the_registry_alias_and_reloading_switches_the_served_version(mod
         }
         answer = client.post("/predict", json={"text": "hi"}).json()
         assert answer["predictions"][0]["model_version"] == f"tiny/{second}"
+
+
+def test_the_image_ships_no_admin_token_and_builds_from_an_allowlist():
+    from llmlab.config import REPO_ROOT
+
+    dockerfile = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    assert "LLMLAB_ADMIN_TOKEN=" not in dockerfile, "a baked-in token is a public token"
+    assert "127.0.0.1:8000/health" in dockerfile, "the container's liveness check is /health"
+    ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored, "everything is ignored unless allowed"
+    allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
+    copied = {
+        word
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY")
+        for word in line.split()[1:-1]
+    }
+    assert allowed == copied, f"allowed {allowed}, but the Dockerfile copies {copied}"

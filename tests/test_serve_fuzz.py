@@ -17,6 +17,7 @@ FUZZ = settings(
     max_examples=80,
     deadline=None,
     derandomize=True,  # the same examples in every CI run
+    database=None,  # nothing written into the checkout
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 JSON = st.recursive(
