@@ -144,7 +144,9 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
         except QueueFull:
             return _shed(service, request, 429, "queue full")
         gone = asyncio.ensure_future(_client_gone(request))
-        await asyncio.wait({answer, gone}, timeout=config.timeout_s, return_when="FIRST_COMPLETED")
+        await asyncio.wait(
+            {answer, gone}, timeout=config.timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
         gone.cancel()
         if not answer.done():
             answer.cancel()  # its queued texts are skipped, not computed
