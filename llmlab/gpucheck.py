@@ -105,7 +105,7 @@ def check_pretrain(device: str, sizes: Sizes) -> CheckResult:
     # Lab 04's gpu and smoke learning rates; the package compiles only for the gpu profile.
     run = _short_run(sizes.pretrain_steps, device, lr=6e-4 if cuda else 3e-3, compile=cuda)
     batches = shuffled_batches(examples, sizes.gpt_batch, seed=0)
-    result = train(model, batches, run, flops_per_token=flops)
+    result = train(model, batches, run, model_flops_per_token=flops)
     values, loss_claim = _loss_claim(result)
     achievable = achievable_matmul_flops(device, torch.bfloat16 if cuda else torch.float32)
     achievable_mfu = flops * result.tokens_per_s / achievable

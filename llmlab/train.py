@@ -9,33 +9,36 @@ against a teacher (any custom function). Batches come from a list, a DataLoader 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import random
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from llmlab.batches import Batch, BatchSource, examples_in, stream, to_device
+from llmlab.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint, unwrap
 from llmlab.config import pick_device, seed_everything
-from llmlab.flops import mfu, peak_flops
+from llmlab.flops import peak_flops
+from llmlab.loop import (
+    EarlyStopping,
+    Meter,
+    Position,
+    any_rank,
+    barrier,
+    checkpoint_folder,
+    is_main_process,
+    optimizer_step,
+)
 
 PRECISIONS = ("auto", "bf16", "fp32")
-
-Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-BatchSource = Iterable[Batch] | Callable[[int], Iterable[Batch]]
 
 
 @dataclass
@@ -135,7 +138,7 @@ def evaluate(
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
-        size = batch_size(batch)
+        size = examples_in(batch)
         total += loss_fn(model, to_device(batch, device)).item() * size
         count += size
     model.train(was_training)
@@ -168,58 +171,6 @@ def shuffled_batches(
         )
 
     return loader
-
-
-def to_device(batch: Batch, device: torch.device | str) -> Batch:
-    """Move every tensor of a (nested) dict/list/tuple batch to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {name: to_device(value, device) for name, value in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
-
-
-def batch_size(batch: Batch) -> int:
-    """Number of examples: the first dimension of the batch's first tensor."""
-    first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0]
-    return len(first)
-
-
-def count_tokens(batch: Batch) -> int:
-    """Token positions the model processes (input_ids.numel()), else the number of examples."""
-    if isinstance(batch, Mapping) and "input_ids" in batch:
-        return batch["input_ids"].numel()
-    return batch_size(batch)
-
-
-def _stream(source: BatchSource, epoch: int, skip: int) -> Iterator[tuple[int, int, Batch]]:
-    """Yield (epoch, index, batch) forever, starting at batch `skip` of `epoch`."""
-    while True:
-        seen = 0
-        for index, batch in enumerate(source(epoch) if callable(source) else source):
-            seen += 1
-            if index >= skip:
-                yield epoch, index, batch
-        if seen == 0:
-            raise ValueError(
-                f"train_batches yielded no batches in epoch {epoch}: pass a list, a DataLoader "
-                "or a factory epoch -> batches (a one-shot iterator cannot be repeated)"
-            )
-        epoch, skip = epoch + 1, 0
-
-
-def _check_resumable(source: BatchSource) -> None:
-    """A DataLoader shuffled by the global RNG would give a resumed run different batches."""
-    if isinstance(source, torch.utils.data.DataLoader):
-        sampler = source.sampler
-        if isinstance(sampler, torch.utils.data.RandomSampler) and sampler.generator is None:
-            if source.generator is None:
-                raise ValueError(
-                    "a checkpointed run needs a reproducible shuffle: use shuffled_batches"
-                    "(dataset, batch_size, seed) instead of DataLoader(shuffle=True)"
-                )
 
 
 # ---------------------------------------------------------------- schedule, optimizer, peak
@@ -256,6 +207,11 @@ def run_peak_flops(config: TrainConfig, device: str) -> float | None:
     return peak_flops(torch.cuda.get_device_name(device), dtype)
 
 
+def _plain_config(config: TrainConfig) -> dict[str, Any]:
+    """The config as plain values (paths as strings), for a weights-only checkpoint."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+
+
 def _uses_bf16(precision: str, device_type: str) -> bool:
     """bf16 autocast when asked for, and by default on CUDA; fp32 otherwise."""
     return precision == "bf16" or (precision == "auto" and device_type == "cuda")
@@ -264,106 +220,30 @@ def _uses_bf16(precision: str, device_type: str) -> bool:
 # ---------------------------------------------------------------- distributed helpers
 
 
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of an initialized torch.distributed job."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+@dataclass
+class Run:
+    """What stays fixed during a run: its configuration and how to compute and evaluate."""
 
+    config: TrainConfig
+    loss_fn: LossFn
+    autocast: torch.autocast
+    tokens_per_batch: int | None
+    val_batches: Iterable[Batch] | None
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None
 
-def _barrier() -> None:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _any_rank(flag: bool, device: str) -> bool:
-    """True if `flag` is true on any rank, so every rank stops at the same step."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor(float(flag), device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers) or hasattr(model, "_orig_mod"):
-        model = model.module if isinstance(model, wrappers) else model._orig_mod
-    return model
-
-
-# ---------------------------------------------------------------- checkpoints
-
-WEIGHTS_FILE = "model.safetensors"
-STATE_FILE = "trainer_state.pt"
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints in `directory`, oldest first (temp folders are ignored)."""
-    directory = Path(directory)
-    if not directory.exists():
-        return []
-    found = [
-        path
-        for path in directory.glob("step_*")
-        if (path / WEIGHTS_FILE).exists() and (path / STATE_FILE).exists()
-    ]
-    return sorted(found, key=lambda path: int(path.name.removeprefix("step_")))
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load safetensors weights (a checkpoint folder or file) into `model` in place."""
-    from safetensors.torch import load_model
-
-    path = Path(path)
-    load_model(unwrap(model), path / WEIGHTS_FILE if path.is_dir() else path)
-    return model
-
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Write into a temp folder beside `final`, then rename it: readers never see half a file."""
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-def _save_weights(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_model
-
-    save_model(unwrap(model), str(folder / WEIGHTS_FILE))  # handles tied embeddings
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),  # plain types: weights_only loads
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain_config(config: TrainConfig) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-
-
-# ---------------------------------------------------------------- the loop
+    def evaluate(self, model: nn.Module, step_model: nn.Module) -> dict[str, float]:
+        """Validation loss (from val_batches) and eval_fn's metrics, in eval mode."""
+        metrics: dict[str, float] = {}
+        step_model.eval()
+        with torch.no_grad(), self.autocast:
+            if self.val_batches is not None:
+                metrics["val_loss"] = evaluate(
+                    step_model, self.val_batches, self.loss_fn, self.config.eval_batches
+                )
+            if self.eval_fn is not None:
+                metrics.update(self.eval_fn(model))
+        step_model.train()
+        return metrics
 
 
 def train(
@@ -376,213 +256,108 @@ def train(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     tracker: Any | None = None,
     tokens_per_batch: int | None = None,
-    flops_per_token: float | None = None,
+    model_flops_per_token: float | None = None,
 ) -> TrainResult:
     """Train `model` for config.max_steps optimizer steps; evaluate, log and checkpoint on the way.
 
     `val_batches` gives `val_loss` (same loss_fn); `eval_fn(model) -> {name: value}` adds metrics
     (it runs in eval mode under no_grad). `tracker` is an `llmlab.track.Tracker` or None.
-    `flops_per_token` (see `flops_per_token()`) turns tokens/s into MFU on a known GPU.
+    `model_flops_per_token` (llmlab.flops.flops_per_token) turns tokens/s into MFU on a known GPU.
     """
     device = pick_device(config.device)
     device_type = device.split(":")[0]
-    use_bf16 = _uses_bf16(config.precision, device_type)
     main = is_main_process()
-    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    if checkpoint_dir is not None:
-        _check_resumable(train_batches)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if main:
-            for stale in checkpoint_dir.glob(".tmp-*"):  # left by a crash mid-write
-                shutil.rmtree(stale, ignore_errors=True)
+    folder = checkpoint_folder(config, train_batches)
     if device_type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
-
     seed_everything(config.seed)
     model.to(device)
     optimizer = make_optimizer(unwrap(model), config, device)
     step_model = torch.compile(model) if config.compile else model
-    peak = run_peak_flops(config, device)
+    bf16 = _uses_bf16(config.precision, device_type)
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+    run = Run(config, loss_fn, autocast, tokens_per_batch, val_batches, eval_fn)
+    at, stopper = Position(), EarlyStopping(config)
 
-    step, epoch, position = 0, 0, 0
-    rows: list[dict[str, Any]] = []
-    sign = 1.0 if config.early_stopping_mode == "min" else -1.0
-    best_metric, best_step, bad_evals = sign * math.inf, None, 0
-    best_weights: dict[str, torch.Tensor] | None = None
-    resumed_from = None
-    latest = list_checkpoints(checkpoint_dir)[-1:] if checkpoint_dir else []
+    latest = list_checkpoints(folder)[-1:]
     if latest and not config.resume:
         raise ValueError(
-            f"{checkpoint_dir} already holds checkpoints: set resume=True or use an empty folder"
+            f"{folder} already holds checkpoints: set resume=True or use an empty folder"
         )
     if latest:
-        load_weights(model, latest[0])
-        state = torch.load(latest[0] / STATE_FILE, weights_only=True, map_location="cpu")
+        state = load_checkpoint(latest[0], model)
         optimizer.load_state_dict(state["optimizer"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-        rows = state["history"]
-        best_metric, best_step, bad_evals = state["best"]
-        _set_rng_state(state["rng"])
-        resumed_from = step
-
-    stream = _stream(train_batches, epoch, position)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    def evaluation() -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        step_model.eval()
-        with torch.no_grad(), autocast:
-            if val_batches is not None:
-                metrics["val_loss"] = evaluate(
-                    step_model, val_batches, loss_fn, config.eval_batches
-                )
-            if eval_fn is not None:
-                metrics.update(eval_fn(model))
-        step_model.train()
-        return metrics
+        at = Position(state["step"], state["epoch"], state["position"], state["history"])
+        stopper.best, stopper.best_step, stopper.bad_evals = state["best"]
+    resumed_from = at.step if latest else None
 
     def save(tag: str) -> Path:
         state = {
             "optimizer": optimizer.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "position": position,
-            "history": rows,
-            "best": (best_metric, best_step, bad_evals),
-            "rng": _rng_state(),
+            "step": at.step,
+            "epoch": at.epoch,
+            "position": at.batch,
+            "history": at.rows,
+            "best": stopper.state(),
             "config": _plain_config(config),
         }
+        return save_checkpoint(folder / tag, model, state)
 
-        def write(folder: Path) -> None:
-            _save_weights(model, folder)
-            torch.save(state, folder / STATE_FILE)
-
-        return _atomic_dir(checkpoint_dir / tag, write)
-
+    batches = stream(train_batches, at.epoch, at.batch)
     bar = tqdm(
         total=config.max_steps,
-        initial=step,
+        initial=at.step,
         desc="train",
         disable=not (main and config.progress),
         dynamic_ncols=True,
     )
-    started = time.perf_counter()
-    interval_start, interval_tokens, interval_steps = started, 0, 0
-    interval_loss = torch.zeros((), device=device)
-    throughput: list[tuple[float, float | None]] = []
+    meter = Meter(device, model_flops_per_token, run_peak_flops(config, device))
     stopped_early, last_checkpoint, final_metrics = False, None, {}
     step_model.train()
-    while step < config.max_steps:
-        for micro in range(config.grad_accum_steps):
-            epoch, index, batch = next(stream)
-            position = index + 1
-            interval_tokens += tokens_per_batch or count_tokens(batch)
-            batch = to_device(batch, device)
-            # DDP: all-reduce gradients only on the last micro-batch of the step.
-            last = micro == config.grad_accum_steps - 1
-            skip_sync = not last and hasattr(model, "no_sync")
-            with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast:
-                loss = loss_fn(step_model, batch) / config.grad_accum_steps
-            loss.backward()
-            interval_loss += loss.detach()
-        grad_norm = None
-        if config.grad_clip is not None:
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        interval_steps += 1
+    while at.step < config.max_steps:
+        lr = lr_at(at.step, config)
+        grad_norm = optimizer_step(model, step_model, optimizer, batches, at, meter, run, lr)
         bar.update(1)
-
-        row: dict[str, Any] = {}
-        if step % config.log_every == 0 or step == config.max_steps:
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - interval_start
-            train_loss = (interval_loss / interval_steps).item()
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"training loss is {train_loss} at step {step}")
-            tokens_per_s = interval_tokens / seconds
-            row = {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}
-            if grad_norm is not None:
-                row["grad_norm"] = grad_norm.item()
-            achieved_mfu = None
-            if flops_per_token is not None and peak is not None:
-                achieved_mfu = mfu(flops_per_token, tokens_per_s, peak)
-                row["mfu"] = achieved_mfu
-            throughput.append((tokens_per_s, achieved_mfu))
-            bar.set_postfix(loss=f"{train_loss:.4f}")
-            interval_start, interval_tokens, interval_steps = time.perf_counter(), 0, 0
-            interval_loss = torch.zeros((), device=device)
-
-        # Evaluation and checkpoint time is not training time: keep it out of tokens/s.
-        pause_start = time.perf_counter()
-        evaluate_now = config.eval_every and step % config.eval_every == 0
-        if evaluate_now or step == config.max_steps:
-            metrics = evaluation()
-            row.update(metrics)
-            final_metrics = metrics
-            if config.early_stopping_metric is not None:
-                if config.early_stopping_metric not in metrics:
-                    raise KeyError(
-                        f"early stopping metric {config.early_stopping_metric!r} "
-                        f"is not among the evaluated metrics {sorted(metrics)}"
-                    )
-                value = metrics[config.early_stopping_metric]
-                if sign * value < sign * best_metric:
-                    best_metric, best_step, bad_evals = value, step, 0
-                    if config.restore_best:
-                        best_weights = {
-                            name: tensor.detach().to("cpu", copy=True)
-                            for name, tensor in unwrap(model).state_dict().items()
-                        }
-                        if checkpoint_dir is not None and main:
-                            _atomic_dir(checkpoint_dir / "best", lambda f: _save_weights(model, f))
-                else:
-                    bad_evals += 1
-                patience_over = config.patience is not None and bad_evals >= config.patience
-                stopped_early = _any_rank(patience_over, device)
-
+        log_now = at.step % config.log_every == 0 or at.step == config.max_steps
+        row = meter.row(at.step, lr, grad_norm) if log_now else {}
         if row:
-            rows.append({"step": step, **row})
-            if tracker is not None and main:
-                tracker.log(row, step=step)
-
-        final = step == config.max_steps or stopped_early
-        checkpoint_now = config.checkpoint_every and step % config.checkpoint_every == 0
-        if checkpoint_dir is not None and (checkpoint_now or final):
-            if main:
-                last_checkpoint = save(f"step_{step:07d}")
-            _barrier()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        interval_start += time.perf_counter() - pause_start
-        if config.stop_after_steps is not None and step >= config.stop_after_steps and not final:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+        with meter.paused():  # evaluation and checkpoint time is not training time
+            if (
+                config.eval_every and at.step % config.eval_every == 0
+            ) or at.step == config.max_steps:
+                final_metrics = run.evaluate(model, step_model)
+                row.update(final_metrics)
+                patience_over = stopper.update(final_metrics, at.step, model, folder)
+                stopped_early = any_rank(patience_over, device)
+            if row:
+                at.rows.append({"step": at.step, **row})
+                if tracker is not None and main:
+                    tracker.log(row, step=at.step)
+            final = at.step == config.max_steps or stopped_early
+            checkpoint_now = config.checkpoint_every and at.step % config.checkpoint_every == 0
+            if folder is not None and (checkpoint_now or final):
+                if main:
+                    last_checkpoint = save(f"step_{at.step:07d}")
+                barrier()
+        if config.stop_after_steps is not None and at.step >= config.stop_after_steps and not final:
             bar.close()
-            raise SimulatedCrash(f"simulated crash after step {step}")
+            raise SimulatedCrash(f"simulated crash after step {at.step}")
         if stopped_early:
             break
     bar.close()
 
-    if config.restore_best and best_weights is not None:
-        unwrap(model).load_state_dict(best_weights)
-    elif config.restore_best and best_step is not None and checkpoint_dir is not None:
-        load_weights(model, checkpoint_dir / "best")  # the best came before a resume
-    # The first interval pays for compilation and warm-up; report the steady state.
-    steady = throughput[1:] or throughput
-    mfus = [value for _, value in steady if value is not None]
+    stopper.restore(model, folder)
+    tokens_per_s, steady_mfu = meter.steady()
     return TrainResult(
-        history=pd.DataFrame(rows),
-        steps=step,
-        seconds=time.perf_counter() - started,
-        tokens_per_s=float(np.median([tps for tps, _ in steady])) if steady else float("nan"),
-        mfu=float(np.median(mfus)) if mfus else None,
+        history=pd.DataFrame(at.rows),
+        steps=at.step,
+        seconds=time.perf_counter() - meter.started,
+        tokens_per_s=tokens_per_s,
+        mfu=steady_mfu,
         stopped_early=stopped_early,
-        best_step=best_step,
-        best_metric=None if best_step is None else best_metric,
+        best_step=stopper.best_step,
+        best_metric=None if stopper.best_step is None else stopper.best,
         checkpoint=last_checkpoint,
         resumed_from=resumed_from,
         final_metrics=final_metrics,

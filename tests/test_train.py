@@ -5,21 +5,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from llmlab.batches import count_tokens
 from llmlab.bench import torch_threads
+from llmlab.checkpoints import list_checkpoints, load_weights, unwrap
 from llmlab.flops import achievable_matmul_flops, flops_per_token, mfu, peak_flops
 from llmlab.train import (
     SimulatedCrash,
     TrainConfig,
     classification_loss,
-    count_tokens,
     evaluate,
-    list_checkpoints,
-    load_weights,
     lr_at,
     run_peak_flops,
     shuffled_batches,
     train,
-    unwrap,
 )
 
 VOCAB, CONTEXT = 12, 8

@@ -1,0 +1,203 @@
+"""The pieces of `llmlab.train.train`: position, early stopping, throughput meter, one step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmlab.batches import Batch, BatchSource, check_resumable, count_tokens, to_device
+from llmlab.checkpoints import atomic_dir, clear_partial_writes, load_weights, save_weights, unwrap
+from llmlab.flops import mfu
+
+if TYPE_CHECKING:
+    from llmlab.train import Run, TrainConfig
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of an initialized torch.distributed job."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: str) -> bool:
+    """True if `flag` is true on any rank, so every rank stops at the same step."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+@dataclass
+class Position:
+    """Where a run is: optimizer step, epoch and batch within it, and the history so far."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class EarlyStopping:
+    """Tracks the best evaluated metric; counts evaluations without improvement."""
+
+    def __init__(self, config: TrainConfig):
+        self.metric, self.patience = config.early_stopping_metric, config.patience
+        self.keep_best = config.restore_best
+        self.sign = 1.0 if config.early_stopping_mode == "min" else -1.0
+        self.best, self.best_step, self.bad_evals = self.sign * math.inf, None, 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def state(self) -> tuple[float, int | None, int]:
+        """What a checkpoint keeps of it."""
+        return self.best, self.best_step, self.bad_evals
+
+    def update(
+        self, metrics: dict[str, float], step: int, model: nn.Module, folder: Path | None
+    ) -> bool:
+        """Record an evaluation; True when patience has run out."""
+        if self.metric is None:
+            return False
+        if self.metric not in metrics:
+            raise KeyError(
+                f"early stopping metric {self.metric!r} is not among the evaluated metrics "
+                f"{sorted(metrics)}"
+            )
+        value = metrics[self.metric]
+        if self.sign * value < self.sign * self.best:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            if self.keep_best:
+                self.best_weights = {
+                    name: tensor.detach().to("cpu", copy=True)
+                    for name, tensor in unwrap(model).state_dict().items()
+                }
+                if folder is not None and is_main_process():
+                    atomic_dir(folder / "best", lambda tmp: save_weights(model, tmp))
+        else:
+            self.bad_evals += 1
+        return self.patience is not None and self.bad_evals >= self.patience
+
+    def restore(self, model: nn.Module, folder: Path | None) -> None:
+        """Load the best weights back (from memory, or from disk if they came before a resume)."""
+        if not self.keep_best:
+            return
+        if self.best_weights is not None:
+            unwrap(model).load_state_dict(self.best_weights)
+        elif self.best_step is not None and folder is not None:
+            load_weights(model, folder / "best")
+
+
+class Meter:
+    """Training loss and tokens/s per logging interval; evaluation and checkpoints excluded."""
+
+    def __init__(self, device: str, model_flops_per_token: float | None, peak: float | None):
+        self.device, self.flops, self.peak = device, model_flops_per_token, peak
+        self.throughput: list[tuple[float, float | None]] = []
+        self.started = time.perf_counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.interval_start, self.tokens, self.steps = time.perf_counter(), 0, 0
+        self.loss = torch.zeros((), device=self.device)
+
+    def row(self, step: int, lr: float, grad_norm: torch.Tensor | None) -> dict[str, Any]:
+        """Close the interval: its mean loss, learning rate, gradient norm, tokens/s and MFU."""
+        synchronize(self.device)
+        seconds = time.perf_counter() - self.interval_start
+        train_loss = (self.loss / self.steps).item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss is {train_loss} at step {step}")
+        tokens_per_s = self.tokens / seconds
+        row: dict[str, Any] = {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm.item()
+        achieved = None
+        if self.flops is not None and self.peak is not None:
+            achieved = row["mfu"] = mfu(self.flops, tokens_per_s, self.peak)
+        self.throughput.append((tokens_per_s, achieved))
+        self._reset()
+        return row
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count as training time."""
+        pause_start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.interval_start += time.perf_counter() - pause_start
+
+    def steady(self) -> tuple[float, float | None]:
+        """Median tokens/s and MFU after the first interval (compilation and warm-up)."""
+        steady = self.throughput[1:] or self.throughput
+        mfus = [value for _, value in steady if value is not None]
+        tokens_per_s = float(np.median([tps for tps, _ in steady])) if steady else float("nan")
+        return tokens_per_s, float(np.median(mfus)) if mfus else None
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work, so the clock measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def checkpoint_folder(config: TrainConfig, source: BatchSource) -> Path | None:
+    """The run's checkpoint folder, ready (and its data order resumable), or None."""
+    if not config.checkpoint_dir:
+        return None
+    folder = Path(config.checkpoint_dir)
+    check_resumable(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        clear_partial_writes(folder)
+    return folder
+
+
+def optimizer_step(
+    model: nn.Module,
+    step_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[int, int, Batch]],
+    at: Position,
+    meter: Meter,
+    run: Run,
+    lr: float,
+) -> torch.Tensor | None:
+    """Accumulate gradients over the micro-batches, clip, step at learning rate `lr`."""
+    config = run.config
+    for micro in range(config.grad_accum_steps):
+        at.epoch, index, batch = next(batches)
+        at.batch = index + 1
+        meter.tokens += run.tokens_per_batch or count_tokens(batch)
+        batch = to_device(batch, meter.device)
+        # DDP: all-reduce gradients only on the last micro-batch of the step.
+        skip_sync = micro < config.grad_accum_steps - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if skip_sync else contextlib.nullcontext(), run.autocast:
+            loss = run.loss_fn(step_model, batch) / config.grad_accum_steps
+        loss.backward()
+        meter.loss += loss.detach()
+    grad_norm = None
+    if config.grad_clip is not None:
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    at.step += 1
+    meter.steps += 1
+    return grad_norm
