@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -355,9 +356,29 @@ def rollback(name: str, alias: str = "champion", uri: str | None = None) -> int:
     return history[-2]
 
 
-def model_card(name: str, alias: str = "champion", uri: str | None = None) -> str:
-    """A Markdown model card for `name@alias`, written from the registry's metadata alone."""
+def model_card(
+    name: str,
+    alias: str = "champion",
+    uri: str | None = None,
+    *,
+    intended_use: str = "",
+    out_of_scope: Sequence[str] = (),
+    evaluation_data: str = "",
+    slices: Mapping[str, str] | None = None,
+    privacy: Mapping[str, str] | None = None,
+    limitations: Sequence[str] = (),
+) -> str:
+    """A Markdown model card for `name@alias` (Mitchell et al. 2019): the registry's metadata plus
+    the sections only people can write; an empty section says so instead of vanishing."""
     current = resolve(f"{name}@{alias}", uri)
+    missing = "_Not documented for this version._"
+
+    def section(title: str, lines: list[str]) -> list[str]:
+        return [f"## {title}", "", *(lines or [missing]), ""]
+
+    def pairs(values: Mapping[str, str] | None) -> list[str]:
+        return [f"- **{key}**: {value}" for key, value in (values or {}).items()]
+
     lineage = dict(current.lineage)
     config = lineage.pop("config", {}) or {}
     rows = [
@@ -371,6 +392,9 @@ def model_card(name: str, alias: str = "champion", uri: str | None = None) -> st
         [
             f"# Model card: {name} (version {current.version}, `@{alias}`)",
             "",
+            *section("Intended use", [intended_use] if intended_use else []),
+            *section("Out-of-scope uses", [f"- {use}" for use in out_of_scope]),
+            *section("Evaluation data", [evaluation_data] if evaluation_data else []),
             "## Metrics",
             "",
             *[f"- **{m}**: {current.metrics[m]:.4f}" for m in metric_names],
@@ -390,5 +414,8 @@ def model_card(name: str, alias: str = "champion", uri: str | None = None) -> st
             "|---|---|" + "---|" * len(metric_names) + "---|---|",
             *rows,
             "",
+            *section("Metrics by slice", pairs(slices)),
+            *section("Privacy", pairs(privacy)),
+            *section("Limitations", [f"- {limit}" for limit in limitations]),
         ]
     )

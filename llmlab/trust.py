@@ -1,0 +1,296 @@
+"""Trust: PII redaction, adversarial text attacks, membership inference and metrics by slice.
+
+The small, fast model here (hashed words and character trigrams into an MLP) is what lab 13
+trains many times over: for the augmentation defence, the membership-inference comparison and
+the federated clients (`llmlab.federated`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------- PII redaction
+
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+# 13-19 digits, optionally grouped by single spaces or dashes: the shape of a payment card.
+CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# An optional country code, then 9-11 digits in groups (a phone number as people write it).
+PHONE = re.compile(
+    r"(?<![\w-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,3}(?![\w-])"
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    """True if `digits` passes the Luhn checksum that every payment card number carries."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if position % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def redact(text: str) -> str:
+    """`text` with e-mail addresses, card-like numbers (Luhn-valid) and phone numbers masked."""
+    text = EMAIL.sub("[EMAIL]", text)
+
+    def card(match: re.Match) -> str:
+        digits = re.sub(r"\D", "", match.group(0))
+        return "[CARD]" if luhn_valid(digits) else match.group(0)
+
+    text = CARD.sub(card, text)
+
+    def phone(match: re.Match) -> str:
+        digits = re.sub(r"\D", "", match.group(0))
+        # An international number may have up to 15 digits; without a "+" a long run of digits is
+        # more likely an order or account number than a phone.
+        longest = 15 if match.group(0).startswith("+") else 11
+        return "[PHONE]" if 9 <= len(digits) <= longest else match.group(0)
+
+    return PHONE.sub(phone, text)
+
+
+# ---------------------------------------------------------------- adversarial attacks
+
+
+def typo_variants(word: str, per_kind: int | None = None) -> list[str]:
+    """Character-level edits of one word: swapped neighbours, a dropped or a doubled letter, upper
+    case, a space inside; at most `per_kind` of each kind (middle of the word first)."""
+    if len(word) < 3 or not word.isalpha():
+        return []
+    middle = sorted(range(1, len(word) - 1), key=lambda i: abs(i - len(word) / 2))
+    kinds = [
+        [word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in middle if i < len(word) - 2],
+        [word[:i] + word[i + 1 :] for i in middle],
+        [word[:i] + word[i] + word[i:] for i in middle],
+        [word.upper()],
+        [word[: len(word) // 2] + " " + word[len(word) // 2 :]],
+    ]
+    variants: list[str] = []
+    for kind in kinds:
+        fresh = [v for v in dict.fromkeys(kind) if v != word and v not in variants]
+        variants += fresh[:per_kind]
+    return variants
+
+
+def random_typos(text: str, rng: random.Random, rate: float = 0.3) -> str:
+    """`text` with each word replaced by a random typo variant with probability `rate`."""
+    words = text.split(" ")
+    for index, word in enumerate(words):
+        variants = typo_variants(word)
+        if variants and rng.random() < rate:
+            words[index] = rng.choice(variants)
+    return " ".join(words)
+
+
+def neighbour_substitutions(
+    words: Sequence[str], embeddings: torch.Tensor, k: int = 5
+) -> dict[str, list[str]]:
+    """Each word's `k` nearest words by cosine similarity of `embeddings` (one row per word)."""
+    unit = nn.functional.normalize(embeddings.float(), dim=1)
+    nearest = (unit @ unit.T).fill_diagonal_(-1).topk(k, dim=1).indices
+    return {
+        word: [words[j] for j in row] for word, row in zip(words, nearest.tolist(), strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attacked sentence: the final text, whether the label flipped, edits and queries used."""
+
+    original: str
+    text: str
+    success: bool
+    edits: int
+    queries: int
+
+
+def greedy_attack(
+    probabilities: Callable[[list[str]], np.ndarray],
+    text: str,
+    label: int,
+    candidates: Callable[[str], list[str]],
+    budget: int,
+) -> AttackResult:
+    """Edit up to `budget` words, each step keeping the edit that most lowers `label`'s probability.
+
+    `probabilities(texts)` returns one row of class probabilities per text; `candidates(word)`
+    the replacements for one word. A word is edited at most once; the attack stops at success.
+    """
+    words, edited, queries = text.split(" "), set(), 0
+    for step in range(budget):
+        options = [
+            (index, replacement)
+            for index, word in enumerate(words)
+            if index not in edited
+            for replacement in candidates(word)
+        ]
+        if not options:
+            break
+        texts = [" ".join(words[:i] + [r] + words[i + 1 :]) for i, r in options]
+        scores = probabilities(texts)
+        queries += len(texts)
+        best = int(np.argmin(scores[:, label]))
+        index, replacement = options[best]
+        words[index] = replacement
+        edited.add(index)
+        if int(scores[best].argmax()) != label:
+            return AttackResult(text, texts[best], True, step + 1, queries)
+    return AttackResult(text, " ".join(words), False, len(edited), queries)
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def mean_interval(
+    values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Mean of per-row `values` with a bootstrap confidence interval over the rows."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("no values to average")
+    rows = np.random.default_rng(seed).integers(0, len(values), (n_resamples, len(values)))
+    low, high = np.quantile(values[rows].mean(1), [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"value": float(values.mean()), "low": float(low), "high": float(high)}
+
+
+def _auc(members: np.ndarray, non_members: np.ndarray) -> np.ndarray:
+    """Rank AUC per row of two (resamples, n) score arrays: P(member scores higher), ties half."""
+    scores = np.concatenate([members, non_members], axis=1)
+    order = scores.argsort(axis=1, kind="stable")
+    ranks = np.empty_like(scores)
+    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1, dtype=float)[None], axis=1)
+    # Average the ranks of ties so that equal scores count as a coin flip.
+    for row in range(scores.shape[0]):
+        values, inverse, counts = np.unique(scores[row], return_inverse=True, return_counts=True)
+        if len(values) < scores.shape[1]:
+            sums = np.bincount(inverse, weights=ranks[row])
+            ranks[row] = (sums / counts)[inverse]
+    m, n = members.shape[1], non_members.shape[1]
+    return (ranks[:, :m].sum(1) - m * (m + 1) / 2) / (m * n)
+
+
+def membership_auc(
+    member_losses: Sequence[float],
+    non_member_losses: Sequence[float],
+    confidence: float = 0.95,
+    n_resamples: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """AUC of the loss-threshold membership attack (low loss -> member), with a bootstrap interval.
+
+    0.5 means the attacker cannot tell training rows from others; 1.0 means it always can.
+    """
+    members, others = -np.asarray(member_losses, float), -np.asarray(non_member_losses, float)
+    rng = np.random.default_rng(seed)
+    picked_members = members[rng.integers(0, len(members), (n_resamples, len(members)))]
+    picked_others = others[rng.integers(0, len(others), (n_resamples, len(others)))]
+    samples = _auc(picked_members, picked_others)
+    low, high = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {
+        "value": float(_auc(members[None], others[None])[0]),
+        "low": float(low),
+        "high": float(high),
+    }
+
+
+# ---------------------------------------------------------------- slices
+
+
+def slice_accuracy(
+    correct: Sequence[bool], slices: Sequence, n_resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Accuracy per slice with a 95% bootstrap interval, one row per slice (largest first)."""
+    frame = pd.DataFrame({"correct": np.asarray(correct, float), "slice": list(slices)})
+    rows = []
+    for name, group in frame.groupby("slice", sort=False):
+        interval = mean_interval(group.correct, n_resamples=n_resamples, seed=seed)
+        rows.append({"slice": name, "rows": len(group), "accuracy": interval["value"]} | interval)
+    table = pd.DataFrame(rows).drop(columns="value").set_index("slice")
+    return table.sort_values("rows", ascending=False)
+
+
+def largest_gap(
+    correct: Sequence[bool], slices: Sequence, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float | str]:
+    """The best minus the worst slice's accuracy, with a 95% interval (slices resampled apart)."""
+    frame = pd.DataFrame({"correct": np.asarray(correct, float), "slice": list(slices)})
+    accuracy = frame.groupby("slice").correct.mean()
+    best, worst = accuracy.idxmax(), accuracy.idxmin()
+    rng = np.random.default_rng(seed)
+
+    def resampled(name) -> np.ndarray:
+        values = frame.correct[frame.slice == name].to_numpy()
+        return values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(1)
+
+    differences = resampled(best) - resampled(worst)
+    low, high = np.quantile(differences, [0.025, 0.975])
+    return {
+        "best": str(best),
+        "worst": str(worst),
+        "gap": float(accuracy[best] - accuracy[worst]),
+        "low": float(low),
+        "high": float(high),
+    }
+
+
+# ---------------------------------------------------------------- a small, fast classifier
+
+
+def hashed_features(texts: Sequence[str], dim: int = 2048) -> torch.Tensor:
+    """Hashed counts of words and of character trigrams inside words, log-scaled.
+
+    The trigrams let a misspelt word keep most of its features; the hashing lets every process
+    featurise alone, with no shared vocabulary.
+    """
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    counts = sum(
+        HashingVectorizer(
+            n_features=dim, alternate_sign=False, norm=None, analyzer=analyzer, ngram_range=n
+        ).transform(texts)
+        for analyzer, n in (("word", (1, 1)), ("char_wb", (3, 3)))
+    )
+    return torch.from_numpy(np.log1p(counts.toarray()).astype(np.float32))
+
+
+def bag_of_words_model(dim: int = 2048, hidden: int = 64, dropout: float = 0.0) -> nn.Module:
+    """An MLP over hashed features: trains in seconds on two CPU cores."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 3)
+    )
+
+
+def fit(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
+    """Train `model` with AdamW on shuffled mini-batches; return it in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    for _ in range(epochs):
+        for rows in torch.randperm(len(labels), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(features[rows]), labels[rows]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def per_row_loss(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Cross-entropy of each row: what a loss-threshold membership attack looks at."""
+    return nn.functional.cross_entropy(model(features), labels, reduction="none").numpy()

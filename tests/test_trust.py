@@ -1,0 +1,179 @@
+"""Tests for llmlab.trust and llmlab.federated: redaction, attacks, intervals, FedAvg, the card."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+from sklearn.metrics import roc_auc_score
+
+from llmlab import federated, registry, trust
+
+
+@pytest.mark.parametrize(
+    ("line", "kept"),
+    [
+        ("mail jane.doe+shop@example.co.uk now", "mail [EMAIL] now"),
+        ("card 4111 1111 1111 1111 declined", "card [CARD] declined"),
+        ("card 4111-1111-1111-1111", "card [CARD]"),
+        ("call +44 20 7946 0958 today", "call [PHONE] today"),
+        ("call (555) 123-4567", "call [PHONE]"),
+        ("order 1234567890123 shipped", "order 1234567890123 shipped"),
+        ("4111 1111 1111 1112 fails the checksum", "4111 1111 1111 1112 fails the checksum"),
+        ("the ad-2600 played 12 dvds on 2004-01-13", "the ad-2600 played 12 dvds on 2004-01-13"),
+    ],
+)
+def test_redact_masks_pii_and_keeps_the_rest(line, kept):
+    assert trust.redact(line) == kept
+
+
+def test_luhn():
+    assert trust.luhn_valid("79927398713") and not trust.luhn_valid("79927398710")
+
+
+def test_typo_variants_edit_one_word_and_respect_per_kind():
+    variants = trust.typo_variants("terrible")
+    assert "terrible" not in variants and "TERRIBLE" in variants and "terr ible" in variants
+    assert len(trust.typo_variants("terrible", per_kind=1)) == 5
+    assert trust.typo_variants("ok") == [] and trust.typo_variants("g3") == []
+    text = trust.random_typos("this player is terrible", random.Random(0), rate=1.0)
+    assert text != "this player is terrible" and len(text.split(" ")) >= 4
+
+
+def keyword_model(texts: list[str]) -> np.ndarray:
+    """Class 1 with probability 0.9 when the word 'bad' is present, else class 0."""
+    return np.array([[0.1, 0.9] if "bad" in t.split() else [0.9, 0.1] for t in texts])
+
+
+def test_greedy_attack_flips_within_budget_and_stops():
+    swaps = {"bad": ["b4d", "awful"]}
+    result = trust.greedy_attack(keyword_model, "a bad bad day", 1, lambda w: swaps.get(w, []), 3)
+    assert result.success and result.edits == 2 and "bad" not in result.text.split()
+    short = trust.greedy_attack(keyword_model, "a bad bad day", 1, lambda w: swaps.get(w, []), 1)
+    assert not short.success and short.edits == 1
+    none = trust.greedy_attack(keyword_model, "a bad day", 1, lambda w: [], 3)
+    assert not none.success and none.queries == 0
+
+
+def test_neighbour_substitutions_finds_the_closest_other_word():
+    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    neighbours = trust.neighbour_substitutions(["good", "great", "bad"], embeddings, k=1)
+    assert neighbours == {"good": ["great"], "great": ["good"], "bad": ["great"]}
+
+
+def test_mean_interval_covers_the_mean_and_narrows_with_rows():
+    rng = np.random.default_rng(0)
+    small = trust.mean_interval(rng.normal(1, 1, 30))
+    large = trust.mean_interval(rng.normal(1, 1, 3000))
+    assert small["low"] < small["value"] < small["high"]
+    assert large["high"] - large["low"] < (small["high"] - small["low"]) / 5
+    with pytest.raises(ValueError):
+        trust.mean_interval([])
+
+
+def test_membership_auc_matches_sklearn_and_its_extremes():
+    rng = np.random.default_rng(0)
+    members, others = rng.normal(0, 1, 200).round(1), rng.normal(0.5, 1, 300).round(1)
+    expected = roc_auc_score([1] * 200 + [0] * 300, -np.concatenate([members, others]))
+    auc = trust.membership_auc(members, others)
+    assert auc["value"] == pytest.approx(expected)
+    assert auc["low"] < auc["value"] < auc["high"]
+    assert trust.membership_auc([0.1, 0.2], [1.0, 2.0])["value"] == 1.0
+    assert trust.membership_auc([1.0, 1.0], [1.0, 1.0])["value"] == 0.5
+
+
+def test_slice_accuracy_and_largest_gap():
+    correct = [1] * 90 + [0] * 10 + [1] * 50 + [0] * 50
+    slices = ["a"] * 100 + ["b"] * 100
+    table = trust.slice_accuracy(correct, slices)
+    assert table.loc["a", "accuracy"] == 0.9 and table.loc["b", "accuracy"] == 0.5
+    gap = trust.largest_gap(correct, slices)
+    assert (gap["best"], gap["worst"]) == ("a", "b") and gap["gap"] == pytest.approx(0.4)
+    assert 0.25 < gap["low"] < 0.4 < gap["high"] < 0.55
+
+
+def test_hashed_features_keep_most_of_a_misspelt_word():
+    clean, typo, other = trust.hashed_features(["terrible battery", "terrbile battery", "great"])
+    assert torch.cosine_similarity(clean, typo, 0) > torch.cosine_similarity(clean, other, 0) + 0.3
+
+
+def test_fit_learns_a_separable_problem_and_overfits_without_regularisation():
+    torch.manual_seed(0)
+    features = torch.randn(64, 128)
+    labels = torch.randint(0, 3, (64,))
+    model = trust.bag_of_words_model(dim=128, hidden=32)
+    model = trust.fit(model, features, labels, epochs=60, lr=1e-2)
+    losses = trust.per_row_loss(model, features, labels)
+    assert losses.shape == (64,) and losses.mean() < 0.05
+
+
+def test_product_ranges_recover_contiguous_ranges_from_mentions():
+    frame = pd.DataFrame(
+        {
+            "source_id": ["1_1", "1_2", "2_1", "3_1", "3_2", "4_1", "5_1"],
+            "text": ["apex", "the apex", "apex again", "canon g3", "apex vs canon", "nokia", "x"],
+        }
+    )
+    products = {"apex": ("apex",), "canon": ("canon", "g3"), "nokia": ("nokia",)}
+    assert federated.product_ranges(frame, products) == {
+        "apex": (1, 2),
+        "canon": (3, 3),
+        "nokia": (4, 5),
+    }
+
+
+def test_weighted_average_weights_by_rows():
+    average = federated.weighted_average([torch.tensor([0.0]), torch.tensor([3.0])], [2, 1])
+    assert average.item() == pytest.approx(1.0)
+
+
+def test_federated_average_over_a_one_process_group(tmp_path):
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = torch.nn.Linear(2, 1)
+        before = [p.detach().clone() for p in model.parameters()]
+        federated.federated_average(model, rows=7)
+        assert all(torch.allclose(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_model_card_has_the_sections_people_write(monkeypatch):
+    # The registry itself is tested in test_registry.py; here only the card's text.
+    entry = registry.RegisteredVersion(
+        "clf", 1, Path("."), {"accuracy": 0.8}, {"data_hash": "h"}, ["champion"]
+    )
+    monkeypatch.setattr(registry, "resolve", lambda ref, uri=None: entry)
+    monkeypatch.setattr(registry, "versions", lambda name, uri=None: [entry])
+    uri = None
+    bare = registry.model_card("clf", "champion", uri)
+    assert bare.count("_Not documented for this version._") == 6
+    card = registry.model_card(
+        "clf",
+        "champion",
+        uri,
+        intended_use="Triage of feedback.",
+        out_of_scope=["medical advice"],
+        evaluation_data="536 test rows.",
+        slices={"largest gap": "0.10"},
+        privacy={"epsilon": "2.95"},
+        limitations=["English only"],
+    )
+    for line in (
+        "## Intended use",
+        "Triage of feedback.",
+        "- medical advice",
+        "- **largest gap**: 0.10",
+        "- **epsilon**: 2.95",
+        "- English only",
+        "- **accuracy**: 0.8000",
+    ):
+        assert line in card
+    assert "_Not documented" not in card
