@@ -150,6 +150,8 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
         gone.cancel()
         if not answer.done():
             answer.cancel()  # its queued texts are skipped, not computed
+            # A cancelled gather ends with a CancelledError nobody awaits: take it, quietly.
+            answer.add_done_callback(lambda done: done.cancelled() or done.exception())
             if gone.done() and not gone.cancelled():
                 service.metrics.abandoned.inc()
                 return Response(status_code=499)  # nobody reads it
