@@ -119,7 +119,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FedAvg worker: one product per rank.")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--dim", type=int, default=4096)
+    parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ranges", type=str, required=True, help="product_ranges() as JSON")
