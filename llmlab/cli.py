@@ -162,6 +162,7 @@ def doctor() -> int:
 
 def lab(jupyter_args: list[str]) -> NoReturn:
     """Become JupyterLab on labs/ with this environment's kernel (a signal then reaches it)."""
+    use_profile(resolve_profile())  # kernels write to the profile's build dir
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={LABS_DIR}"]
     if os.geteuid() == 0:  # containers and CI machines often run as root
         command.append("--allow-root")

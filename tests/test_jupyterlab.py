@@ -39,7 +39,9 @@ def api(base: str, path: str, method: str = "GET", body: dict | None = None) -> 
 def server(tmp_path_factory):
     port = free_port()
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    build = tmp_path_factory.mktemp("build")  # a build dir of the smoke profile's own
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "LLMLAB_PROFILE": "smoke"}
+    env |= {"LLMLAB_BUILD_DIR": str(build)}
     process = subprocess.Popen(
         [sys.executable, "-m", "llmlab.cli", "lab", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", f"--IdentityProvider.token={TOKEN}", "--ServerApp.port_retries=0"],
