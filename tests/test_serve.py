@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import ADMIN, ADMIN_TOKEN, LABELS, TEXTS, running, save_models
+from serving_helpers import ADMIN, LABELS, TEXTS, running
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from llmlab.serve import (
@@ -30,16 +30,7 @@ from llmlab.serve import (
     summarize,
 )
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two versions of a tiny classifier, v1 and v2, that disagree."""
-    return save_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(autouse=True)
-def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMLAB_ADMIN_TOKEN", ADMIN_TOKEN)
+pytestmark = pytest.mark.usefixtures("admin_token")
 
 
 @pytest.fixture

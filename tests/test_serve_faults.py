@@ -9,27 +9,18 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serving_helpers import ADMIN, ADMIN_TOKEN, TEXTS, live, running, save_models
+from serving_helpers import ADMIN, ADMIN_TOKEN, TEXTS, live, running
 from transformers import BertForSequenceClassification
 
 from llmlab.serve import ServeConfig, create_app, load_classifier, load_model
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return save_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(autouse=True)
-def admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMLAB_ADMIN_TOKEN", ADMIN_TOKEN)
+pytestmark = pytest.mark.usefixtures("admin_token")
 
 
 def report(fault: str, statuses: list[int], ready: bool) -> None:
