@@ -278,16 +278,34 @@ def fit(
     batch_size: int = 64,
     seed: int = 0,
 ) -> nn.Module:
-    """Train `model` with AdamW on shuffled mini-batches; return it in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(epochs):
-        for rows in torch.randperm(len(labels), generator=generator).split(batch_size):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(features[rows]), labels[rows]).backward()
-            optimizer.step()
+    """Train `model` with llmlab.train (AdamW, constant rate, shuffled mini-batches); eval mode."""
+    from llmlab.train import TrainConfig, train
+
+    def batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed + epoch))
+        return [{"x": features[rows], "labels": labels[rows]} for rows in order.split(batch_size)]
+
+    steps = epochs * -(-len(labels) // batch_size)
+    config = TrainConfig(
+        max_steps=steps,
+        lr=lr,
+        min_lr_ratio=1.0,  # a constant learning rate
+        warmup_steps=0,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.999),
+        grad_clip=None,
+        log_every=steps,
+        device="cpu",
+        seed=seed,
+        progress=False,
+    )
+    train(model, batches, config, loss_fn=_features_loss)
     return model.eval()
+
+
+def _features_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of a features -> logits model on one batch."""
+    return nn.functional.cross_entropy(model(batch["x"]), batch["labels"])
 
 
 @torch.inference_mode()
