@@ -11,7 +11,7 @@ export LLMLAB_PROFILE := $(PROFILE)
 # Tools write into $HOME by default: tools/env.sh keeps their state in the build dir.
 ENV := . $(CURDIR)/tools/env.sh &&
 
-.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site browser lab gpu-check clean
+.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site browser redis lab gpu-check clean
 
 # What `make test` (and so CI) runs, in order: the README's `make book` on the default profile is
 # one of them, and the tests read the notebooks it executed (each lab runs once).
@@ -48,7 +48,7 @@ $(ASSETS_FETCHED):
 	cp $(addprefix $(WIDGET_MANAGER)/*.,woff woff2 ttf eot svg) $(SITE_ASSETS)/labs/@jupyter-widgets/
 	touch $@
 
-book: install $(ASSETS_FETCHED)
+book: install redis $(ASSETS_FETCHED)
 	bash tools/book_cache.sh $(LLMLAB_BUILD_DIR)/.jupyter_cache
 	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
@@ -93,6 +93,13 @@ gpu-check: install
 # The built book in headless Chromium (Debian's package; Playwright drives it).
 site: install browser
 	$(ENV) $(BIN)/python -m pytest tests/site -q -p no:cacheprovider
+
+# Lab 12's cache: Debian's Redis server, started by the lab on loopback (PyPI's redis-server
+# wheel is not on every mirror).
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
+	  { echo "install Debian's redis-server package (sudo apt-get install redis-server)"; exit 1; }
 
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
