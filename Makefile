@@ -65,7 +65,7 @@ lint: install
 	$(BIN)/ruff check llmlab tests labs
 	$(BIN)/ruff format --check llmlab tests labs
 
-unit: install
+unit: install redis
 	$(ENV) $(BIN)/python -m pytest tests -q --ignore=tests/site --ignore=tests/book
 
 # The labs as `make book` executed them: no errors, claims passed on this profile, time budget.
