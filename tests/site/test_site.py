@@ -48,32 +48,44 @@ def open_page(browser, url: str):
     return page, errors
 
 
+@pytest.fixture(scope="session")
+def opened(browser, base_url):
+    """Each page of the book opened once, shared by the tests that only read it."""
+    cache = {}
+
+    def get(doc: str):
+        if doc not in cache:
+            cache[doc] = open_page(browser, f"{base_url}/{doc}.html")
+        return cache[doc]
+
+    yield get
+    for page, _ in cache.values():
+        page.close()
+
+
 @pytest.mark.parametrize("doc", PAGES)
-def test_page_renders_without_console_errors(browser, base_url, doc):
-    page, errors = open_page(browser, f"{base_url}/{doc}.html")
+def test_page_renders_without_console_errors(opened, doc):
+    page, errors = opened(doc)
     assert page.locator("main h1").count() >= 1, f"{doc}: no title rendered"
     assert not errors, f"{doc}: console errors {errors}"
-    page.close()
 
 
 @pytest.mark.parametrize("doc", LABS)
-def test_lab_page_shows_its_plots(browser, base_url, doc):
-    page, _ = open_page(browser, f"{base_url}/{doc}.html")
+def test_lab_page_shows_its_plots(opened, doc):
+    page, _ = opened(doc)
     sizes = page.eval_on_selector_all(
         "main img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
     )
     assert sizes, f"{doc}: no plots on the page"
     broken = [s for s in sizes if not (s[0] and s[1] > 0 and s[2] > 0)]
     assert not broken, f"{doc}: {len(broken)} of {len(sizes)} images did not load"
-    page.close()
 
 
-def test_math_is_typeset(browser, base_url):
-    page, errors = open_page(browser, f"{base_url}/{LABS[0]}.html")
+def test_math_is_typeset(opened):
+    page, errors = opened(LABS[0])
     page.wait_for_selector("mjx-container", timeout=15_000)
     assert page.locator("mjx-container").count() > 0
     assert not errors, errors
-    page.close()
 
 
 def test_search_finds_a_term(browser, base_url):
@@ -84,13 +96,12 @@ def test_search_finds_a_term(browser, base_url):
     page.close()
 
 
-def test_internal_links_resolve(browser, base_url):
+def test_internal_links_resolve(opened, base_url):
     links: set[str] = set()
     for doc in PAGES:
-        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        page, _ = opened(doc)
         hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.href)")
         links |= {urldefrag(h)[0] for h in hrefs if urlparse(h).netloc == urlparse(base_url).netloc}
-        page.close()
     broken = []
     for link in sorted(links):
         try:
@@ -101,21 +112,19 @@ def test_internal_links_resolve(browser, base_url):
     assert not broken, broken
 
 
-def test_screenshots_of_two_pages(browser, base_url, site_dir):
+def test_screenshots_of_two_pages(opened, site_dir):
     shots = Path(os.environ.get("LLMLAB_SCREENSHOTS", site_dir.parent / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     for doc in (PAGES[0], LABS[0]):
-        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        page, _ = opened(doc)
         target = shots / f"{doc.replace('/', '_')}.png"
         page.screenshot(path=str(target), full_page=False)
         assert target.stat().st_size > 10_000, f"{target} looks empty"
-        page.close()
 
 
-def test_every_lab_page_links_to_a_rerun_command(browser, base_url):
+def test_every_lab_page_links_to_a_rerun_command(opened):
     for doc in LABS:
-        page, _ = open_page(browser, f"{base_url}/{doc}.html")
+        page, _ = opened(doc)
         text = page.locator("main").inner_text()
         number = Path(doc).name.split("_")[0]
         assert f"llmlab run {number}" in text, f"{doc}: no papermill rerun command in the header"
-        page.close()
