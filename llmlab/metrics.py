@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,3 +167,56 @@ def bootstrap_interval(
     )
     low, high = _interval(scores, confidence)
     return {"value": float(point[0]), "low": low, "high": high, "rows": len(truth)}
+
+
+def _rows(values: Any, rows: np.ndarray) -> Any:
+    """The given rows of a list, array, Series or tensor (a dict: of each of its values)."""
+    if isinstance(values, Mapping):
+        return {name: _rows(value, rows) for name, value in values.items()}
+    if isinstance(values, list | tuple):
+        return [values[row] for row in rows]
+    if hasattr(values, "iloc"):  # pandas: by position, never by index label
+        return values.iloc[rows]
+    return values[rows]
+
+
+def _as_numpy(output: Any) -> np.ndarray:
+    """A model's output (array, list or tensor on any device) as a numpy array."""
+    if hasattr(output, "detach"):
+        output = output.detach().float().cpu() if output.is_floating_point() else output.cpu()
+    return np.asarray(output)
+
+
+def predict_in_chunks(
+    predict: Callable[[Any], Any],
+    inputs: Sequence | Mapping[str, Sequence],
+    chunk_size: int = 64,
+    lengths: Sequence[int] | None = None,
+) -> np.ndarray:
+    """`predict(inputs)` computed `chunk_size` rows at a time, returned in the order of `inputs`.
+
+    `inputs` is a list, array or tensor of rows, or a dict of them (e.g. input_ids and
+    attention_mask). With `lengths`, chunks take the rows from shortest to longest, so each
+    chunk pads little; the output is put back in input order.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    columns = list(inputs.values()) if isinstance(inputs, Mapping) else [inputs]
+    n_rows = len(columns[0])
+    if any(len(column) != n_rows for column in columns) or n_rows == 0:
+        raise ValueError(
+            f"need rows to predict, as many in every input: {[len(c) for c in columns]}"
+        )
+    if lengths is not None and len(lengths) != n_rows:
+        raise ValueError(f"{len(lengths)} lengths for {n_rows} rows")
+    order = np.arange(n_rows) if lengths is None else np.argsort(lengths, kind="stable")
+    outputs = [
+        _as_numpy(predict(_rows(inputs, order[start : start + chunk_size])))
+        for start in range(0, n_rows, chunk_size)
+    ]
+    ordered = np.concatenate(outputs)
+    if len(ordered) != n_rows:
+        raise ValueError(f"predict returned {len(ordered)} rows for {n_rows} inputs")
+    result = np.empty_like(ordered)
+    result[order] = ordered
+    return result
