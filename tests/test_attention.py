@@ -8,6 +8,7 @@ from llmlab.attention import (
     EncoderBlock,
     MultiHeadAttention,
     causal_mask,
+    decoder_block_from_torch,
     encoder_block_from_bert,
     padding_mask,
     scaled_dot_product_attention,
@@ -118,3 +119,70 @@ def test_sinusoidal_positions_follow_the_formula():
     assert torch.isclose(table[10] @ table[13], table[30] @ table[33], atol=1e-4)
     with pytest.raises(ValueError, match="even"):
         sinusoidal_positions(4, 5)
+
+
+def torch_decoder_layer(norm_first: bool) -> torch.nn.TransformerDecoderLayer:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(
+        d_model=16,
+        nhead=4,
+        dim_feedforward=32,
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    # Random norm scales and shifts, so that a norm copied to the wrong place shows.
+    for norm in (layer.norm1, layer.norm2, layer.norm3):
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    return layer.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_block_matches_torch_transformer_decoder_layer(norm_first):
+    layer = torch_decoder_layer(norm_first)
+    block = decoder_block_from_torch(layer).eval()
+    target, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    target_keep = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    memory_keep = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        ours = block(target, memory, padding_mask(target_keep), padding_mask(memory_keep))
+        cross_weights = block.cross_weights
+        theirs = layer(
+            target,
+            memory,
+            tgt_mask=~causal_mask(5),
+            tgt_key_padding_mask=target_keep == 0,
+            memory_key_padding_mask=memory_keep == 0,
+        )
+        ours_unmasked = block(target, memory)
+        theirs_causal_only = layer(target, memory, tgt_mask=~causal_mask(5))
+    real = target_keep.bool()  # padded target rows are never read; compare the real ones
+    assert (ours - theirs)[real].abs().max() < 1e-5
+    assert (ours_unmasked - theirs_causal_only).abs().max() < 1e-5
+    assert cross_weights.shape == (2, 4, 5, 7)
+    assert cross_weights[1, :, :, 4:].abs().max() == 0, "padded source tokens got weight"
+
+
+def test_decoder_block_does_not_see_future_targets_but_sees_the_whole_source():
+    block = decoder_block_from_torch(torch_decoder_layer(norm_first=True)).eval()
+    target, memory = torch.randn(1, 6, 16), torch.randn(1, 4, 16)
+    changed_target, changed_memory = target.clone(), memory.clone()
+    changed_target[:, 4:] = torch.randn(1, 2, 16)
+    changed_memory[:, -1] = torch.randn(16)
+    with torch.no_grad():
+        before = block(target, memory)
+        after = block(changed_target, memory)
+        other_source = block(target, changed_memory)
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6), "past outputs saw the future"
+    assert not torch.allclose(before[:, 4:], after[:, 4:]), "changed tokens should change outputs"
+    # Cross-attention is not causal: the first target token reads the last source token too.
+    assert not torch.allclose(before[:, 0], other_source[:, 0])
+
+
+def test_decoder_block_from_torch_rejects_other_layers():
+    with pytest.raises(ValueError, match="gelu"):
+        decoder_block_from_torch(torch.nn.TransformerDecoderLayer(8, 2, batch_first=True))
+    with pytest.raises(ValueError, match="batch_first"):
+        decoder_block_from_torch(torch.nn.TransformerDecoderLayer(8, 2, activation="gelu"))
