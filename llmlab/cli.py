@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from llmlab.config import PROFILES, REPO_ROOT, pick_device, profile_build_dir, resolve_profile
+from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
+from llmlab.runner import execute_lab, use_profile
 
 LABS_DIR = REPO_ROOT / "labs"
 RUNS_DIR = REPO_ROOT / "runs"
@@ -57,37 +58,6 @@ def parse_value(text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
-
-
-def use_profile(profile: str) -> Path:
-    """Point this process and its kernels at `profile`'s build dir (unless one was chosen)."""
-    chosen = os.environ.get("LLMLAB_BUILD_DIR")
-    default = REPO_ROOT / "_build"
-    if chosen is None or Path(chosen).resolve() == default.resolve():
-        os.environ["LLMLAB_BUILD_DIR"] = str(profile_build_dir(profile))
-    if os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{default}/mlflow.db":
-        del os.environ["MLFLOW_TRACKING_URI"]  # the registry then lives in the profile's dir
-    os.environ["LLMLAB_PROFILE"] = profile
-    return Path(os.environ["LLMLAB_BUILD_DIR"])
-
-
-def execute_lab(notebook: Path, profile: str, parameters: dict[str, object], out_dir: Path) -> Path:
-    """Execute one lab with papermill into `out_dir`; return the executed notebook's path."""
-    import papermill
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / notebook.name
-    params = {"profile": profile, **parameters}
-    (out_dir / f"{notebook.stem}.parameters.json").write_text(json.dumps(params, indent=2))
-    papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=params,
-        cwd=str(notebook.parent),
-        progress_bar=False,
-        kernel_name="python3",
-    )
-    return output
 
 
 def run(
