@@ -72,15 +72,16 @@ unit: install redis
 executed: install
 	$(ENV) $(BIN)/python -m pytest tests/book -q -s -p no:cacheprovider
 
-# `llmlab pipeline`, every stage, on the smoke profile in a build folder of its own: labs 02 and
-# 04 first make what the train stage (lab 05) reads.
+# The DVC pipeline (dvc.yaml) end to end on the smoke profile in a workspace of its own:
+# `llmlab pipeline` makes the workspace and runs `dvc repro`; the test then reruns it (every
+# stage cached) and fails the quality gate on purpose (the champion keeps serving).
 E2E_DIR := $(CURDIR)/_build/pipeline-e2e
 pipeline-e2e: install
 	rm -rf $(E2E_DIR)
 	export LLMLAB_BUILD_DIR=$(E2E_DIR)/_build LLMLAB_PROFILE=smoke && $(ENV) \
-	  $(BIN)/llmlab run 02 --out $(E2E_DIR)/runs && $(BIN)/llmlab run 04 --out $(E2E_DIR)/runs && \
-	  LLMLAB_PIPELINE_E2E=1 $(BIN)/python -m pytest tests/test_pipeline.py -q -p no:cacheprovider \
-	    -k end_to_end
+	  $(BIN)/llmlab pipeline --profile smoke --workspace $(E2E_DIR)/workspace && \
+	  LLMLAB_PIPELINE_WORKSPACE=$(E2E_DIR)/workspace $(BIN)/python -m pytest tests/test_pipeline.py \
+	    -q -p no:cacheprovider -k failing_gate
 
 notebooks: install
 	$(ENV) $(BIN)/python -m pytest --nbval-lax labs -q -p no:cacheprovider

@@ -161,26 +161,22 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def pipeline(args: argparse.Namespace) -> int:
-    """Run data -> train -> evaluate -> compress -> register -> serve; stop at the first failure."""
-    from llmlab.pipeline import (
-        default_stages,
-        failed_stage,
-        report_table,
-        run_pipeline,
-        select_stages,
-    )
+    """`dvc repro` of dvc.yaml in a workspace of its own (made on first use); exit 1 on failure."""
+    from llmlab.config import profile_build_dir
+    from llmlab.pipeline import PipelineFailed, init_workspace, repro
 
-    stages = default_stages(args.model)
-    if args.stages:
-        stages = select_stages(stages, args.stages.split(","))
-    parameters = {key: parse_value(value) for key, value in args.param}
-    use_profile(resolve_profile(args.profile))
-    results = run_pipeline(stages, args.profile, args.out, parameters)
-    print(report_table(results).drop(columns="error").to_string())
-    failed = failed_stage(results)
-    if failed:
-        print(f"pipeline stopped at stage {failed.stage!r}: {failed.error}", file=sys.stderr)
+    profile = resolve_profile(args.profile)
+    workspace = args.workspace or profile_build_dir(profile) / "pipeline"
+    if not (workspace / "dvc.yaml").exists():
+        print(f"new pipeline workspace {workspace} (profile={profile})")
+        init_workspace(workspace, profile=profile)
+    try:
+        table = repro(workspace, force=args.force)
+    except PipelineFailed as failure:
+        print(failure.table.to_string())
+        print(str(failure), file=sys.stderr)
         return 1
+    print(table.to_string())
     return 0
 
 
@@ -236,11 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
     serve_parser.set_defaults(handler=serve)
     pipeline_parser = commands.add_parser(
-        "pipeline", help="data -> train -> evaluate -> compress -> register -> serve"
+        "pipeline", help="dvc repro of dvc.yaml: data -> train -> ... -> serve-check"
     )
-    pipeline_parser.add_argument("--stages", help="comma-separated subset, e.g. data,serve")
-    pipeline_parser.add_argument("--model", default="classifier@champion", help="what to serve")
-    add_lab_options(pipeline_parser)
+    pipeline_parser.add_argument("--profile", choices=PROFILES, help="size of a new workspace")
+    pipeline_parser.add_argument(
+        "--workspace", type=Path, help="DVC workspace (default: <build dir>/pipeline)"
+    )
+    pipeline_parser.add_argument("--force", action="store_true", help="rerun every stage")
     pipeline_parser.set_defaults(handler=pipeline)
     return parser
 

@@ -1,236 +1,192 @@
-"""From data to a served model in one command: run stages in order, stop at the first failure."""
+"""The pipeline on DVC: a workspace holding dvc.yaml, params.yaml and versioned feedback.
+
+The repository's dvc.yaml declares the stages (llmlab.stages); a workspace is a DVC project of
+its own (no git) under a build folder, with a copy of dvc.yaml, a params.yaml pointing at the
+repository, the feedback file tracked by `dvc add`, and a local remote next to it. Runs in one
+workspace never touch another's artifacts, registry or data versions.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from llmlab.config import REPO_ROOT, artifacts_dir, resolve_profile
+from llmlab.config import REPO_ROOT
+from llmlab.stages import LOG_ENV
 
-# Lowest test macro-F1 the evaluate stage lets through (three classes: chance is about 0.33):
-# the lower end of the score's 95% bootstrap interval must reach it, so that sampling noise on a
-# few hundred test sentences cannot carry a model over the gate.
-EVALUATION_GATE = {"smoke": 0.5, "cpu": 0.6, "gpu": 0.65}
-
-
-@dataclass
-class RunContext:
-    """What every stage gets: the profile, the run folder and the lab parameters."""
-
-    profile: str
-    out_dir: Path
-    parameters: dict[str, Any] = field(default_factory=dict)
+STAGE_NAMES = ["data", "train", "evaluate", "compress", "register", "serve-check"]
+FEEDBACK = "feedback/feedback.csv"
 
 
-@dataclass
-class StageOutput:
-    """What a stage reports: one key metric and the artifact it produced."""
+class PipelineFailed(RuntimeError):
+    """`dvc repro` stopped at a stage that failed (a gate, a timeout, an error)."""
 
-    metric: str = ""
-    value: float | None = None
-    artifact: str = ""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named step of the pipeline: `run` does the work or raises."""
-
-    name: str
-    run: Callable[[RunContext], StageOutput]
-    description: str = ""
+    def __init__(self, message: str, table: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.table = table  # what ran before the failure
 
 
-@dataclass
-class StageResult:
-    """One row of the run report."""
+def _repo(workspace: Path):
+    from dvc.repo import Repo
 
-    stage: str
-    status: str  # ok | failed | skipped
-    started_s: float = 0.0  # since the pipeline started
-    seconds: float = 0.0
-    metric: str = ""
-    value: float | None = None
-    artifact: str = ""
-    error: str = ""
+    return Repo(str(workspace))
 
 
-def run_pipeline(
-    stages: Sequence[Stage],
-    profile: str | None = None,
-    out_dir: Path | None = None,
-    parameters: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[StageResult]:
-    """Run `stages` in order; after a failure the rest are skipped. Writes pipeline.json."""
-    names = [stage.name for stage in stages]
-    if len(set(names)) != len(names):
-        raise ValueError(f"stage names must be unique, got {names}")
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    context = RunContext(
-        resolve_profile(profile), Path(out_dir or REPO_ROOT / "runs" / stamp), parameters or {}
-    )
-    context.out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[StageResult] = []
-    start = time.perf_counter()
-    for stage in stages:
-        if results and results[-1].status != "ok":
-            results.append(StageResult(stage.name, "skipped"))
-            continue
-        log(f"[{stage.name}] running (profile={context.profile})")
-        began = time.perf_counter()
-        try:
-            output, status, error = stage.run(context), "ok", ""
-        except Exception as exc:  # report any failure as the stage's, with its cause
-            output, status, error = StageOutput(), "failed", f"{type(exc).__name__}: {exc}"
-            (context.out_dir / f"{stage.name}.traceback.txt").write_text(traceback.format_exc())
-        seconds = time.perf_counter() - began
-        result = StageResult(
-            stage.name, status, began - start, seconds, error=error, **asdict(output)
-        )
-        results.append(result)
-        shown = f"{output.metric}={output.value:.4g}" if output.value is not None else ""
-        log(f"[{stage.name}] {status} in {seconds:.1f} s {shown} {error}")
-    report = {"profile": context.profile, "stages": [asdict(r) for r in results]}
-    (context.out_dir / "pipeline.json").write_text(json.dumps(report, indent=2))
-    return results
+def init_workspace(
+    workspace: Path, feedback: pd.DataFrame | None = None, profile: str = "smoke"
+) -> Path:
+    """A fresh DVC workspace: dvc.yaml, params.yaml, `feedback` (default: the shipped file)
+    tracked by `dvc add` and pushed to a local remote beside the workspace."""
+    from dvc.repo import Repo
 
-
-def select_stages(stages: Sequence[Stage], names: Sequence[str]) -> list[Stage]:
-    """The stages called `names`, in pipeline order."""
-    unknown = set(names) - {stage.name for stage in stages}
-    if unknown:
-        known = ", ".join(stage.name for stage in stages)
-        raise LookupError(f"unknown stage(s) {sorted(unknown)}; stages: {known}")
-    return [stage for stage in stages if stage.name in names]
-
-
-def report_table(results: Sequence[StageResult]) -> pd.DataFrame:
-    """The run report as a table: stage, status, duration, key metric, artifact."""
-    return pd.DataFrame([asdict(result) for result in results]).set_index("stage")
-
-
-def failed_stage(results: Sequence[StageResult]) -> StageResult | None:
-    """The stage that stopped the pipeline, if any."""
-    return next((result for result in results if result.status == "failed"), None)
-
-
-def lab_stage(name: str, lab: str, metric: str = "", artifact: str = "") -> Stage:
-    """Execute lab `lab` with papermill into the run folder; report the `metric` it recorded."""
-
-    def run(context: RunContext) -> StageOutput:
-        from papermill.exceptions import PapermillExecutionError
-
-        from llmlab.cli import execute_lab, find_lab
-        from llmlab.results import require_lab
-
-        notebook = find_lab(lab)
-        try:
-            execute_lab(notebook, context.profile, context.parameters, context.out_dir)
-        except PapermillExecutionError as error:
-            raise RuntimeError(
-                f"lab {notebook.stem} failed in cell {error.exec_count}: {error.ename}: "
-                f"{error.evalue} (executed notebook: {context.out_dir / notebook.name})"
-            ) from None
-        value = require_lab(lab, context.profile)[metric] if metric else None
-        return StageOutput(metric, value, str(artifacts_dir(artifact)) if artifact else "")
-
-    return Stage(name, run, f"execute lab {lab} with papermill")
-
-
-def check_data(context: RunContext) -> StageOutput:
-    """Shipped data passes its checks; the split manifest is saved with the run."""
     from llmlab import data
 
-    problems = {name: status for name, status in data.check_all().items() if status != "ok"}
-    if problems:
-        raise RuntimeError(f"data checks failed: {problems}")
-    manifest = context.out_dir / "data_manifest.json"
-    manifest.write_text(json.dumps(data.data_manifest(), indent=2))
-    return StageOutput("train_rows", float(len(data.load_splits()["train"])), str(manifest))
+    workspace = Path(workspace).resolve()
+    if workspace.exists():
+        raise FileExistsError(f"{workspace} exists: remove it or choose another folder")
+    remote = workspace.with_name(workspace.name + "-remote")
+    shutil.rmtree(remote, ignore_errors=True)
+    Repo.init(str(workspace), no_scm=True)
+    (workspace / ".dvc" / "config").write_text(
+        f"[core]\n    no_scm = True\n    analytics = false\n    remote = local\n"
+        f"['remote \"local\"']\n    url = {remote}\n"
+    )
+    shutil.copy(REPO_ROOT / "dvc.yaml", workspace / "dvc.yaml")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params |= {
+        "profile": profile,
+        "python": sys.executable,
+        "src": str(REPO_ROOT),
+        "feedback": FEEDBACK,
+        "build": "build",
+        "registry": "registry",
+    }
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if feedback is None:
+        feedback = pd.read_csv(data.verified_path(data.FEEDBACK_FILE))
+    (workspace / FEEDBACK).parent.mkdir()
+    feedback.to_csv(workspace / FEEDBACK, index=False)
+    commit_feedback(workspace)
+    return workspace
 
 
-def evaluate_stage(min_macro_f1: float | None = None) -> Stage:
-    """Macro-F1 of the saved classifier on the test split, measured on the artifact itself;
-    the stage fails below `min_macro_f1` (default: the profile's EVALUATION_GATE)."""
-
-    def run(context: RunContext) -> StageOutput:
-        from llmlab import data
-        from llmlab.config import require_artifact
-        from llmlab.metrics import bootstrap_interval, classification_metrics
-        from llmlab.serve import load_classifier
-
-        path = require_artifact(artifacts_dir("classifier") / "config.json", "05").parent
-        classifier = load_classifier(path)
-        test = data.load_splits()["test"]
-        texts = test.text.tolist()
-        predicted = [
-            prediction["label"]
-            for start in range(0, len(texts), 64)
-            for prediction in classifier.predict(texts[start : start + 64])
-        ]
-        scores = classification_metrics(test.label.tolist(), predicted)
-        interval = bootstrap_interval(test.label.tolist(), predicted, "macro_f1")
-        scores["macro_f1_interval"] = [interval["low"], interval["high"]]
-        (context.out_dir / "evaluation.json").write_text(json.dumps(scores, indent=2))
-        gate = EVALUATION_GATE[context.profile] if min_macro_f1 is None else min_macro_f1
-        if interval["low"] < gate:
-            raise RuntimeError(
-                f"quality gate: test macro-F1 {scores['macro_f1']:.3f} (95% interval "
-                f"{interval['low']:.3f}-{interval['high']:.3f} on {len(texts)} sentences) "
-                f"does not clear {gate:.3f}"
-            )
-        return StageOutput("test_macro_f1", scores["macro_f1"], str(path))
-
-    return Stage("evaluate", run, "test macro-F1 of the saved classifier, with a quality gate")
+def commit_feedback(workspace: Path) -> str:
+    """`dvc add` the feedback file and push it to the remote; return its data version (md5)."""
+    with _repo(workspace) as repo:
+        repo.add([str(Path(workspace) / FEEDBACK)])
+        repo.push()
+    return data_version(workspace)
 
 
-def serve_stage(model: str) -> Stage:
-    """Serve `model` on 127.0.0.1; check that it answers, batches and refuses bad input."""
-
-    def run(context: RunContext) -> StageOutput:
-        import httpx
-
-        from llmlab import data
-        from llmlab.serve import BackgroundServer
-
-        texts = data.load_splits()["test"].text.head(16).tolist()
-        with BackgroundServer(model) as server, httpx.Client(base_url=server.url) as client:
-            if client.post("/predict", json={"text": ""}).status_code != 422:
-                raise RuntimeError("the service accepted an empty text")
-            started = time.perf_counter()
-            answers = [client.post("/predict", json={"text": text}) for text in texts]
-            latency_ms = 1000 * (time.perf_counter() - started) / len(texts)
-            batch = client.post("/predict", json={"texts": texts})
-            metrics = client.get("/metrics").text
-        failed = [a.status_code for a in [*answers, batch] if a.status_code != 200]
-        if failed:
-            raise RuntimeError(f"{len(failed)} smoke requests failed with {sorted(set(failed))}")
-        if "llmlab_requests_total" not in metrics:
-            raise RuntimeError("/metrics does not count requests")
-        version = answers[0].json()["predictions"][0]["model_version"]
-        (context.out_dir / "service.json").write_text(
-            json.dumps({"model": model, "version": version})
-        )
-        return StageOutput("mean_latency_ms", latency_ms, f"{model} (version {version})")
-
-    return Stage("serve", run, f"start `llmlab serve --model {model}` and smoke-test it")
+def add_feedback(workspace: Path, rows: pd.DataFrame) -> str:
+    """Append a batch of labelled feedback; return the new data version."""
+    path = Path(workspace) / FEEDBACK
+    pd.concat([pd.read_csv(path), rows], ignore_index=True).to_csv(path, index=False)
+    return commit_feedback(workspace)
 
 
-def default_stages(model: str = "classifier@champion") -> list[Stage]:
-    """data -> train -> evaluate -> compress -> register (promotion gate) -> serve."""
-    return [
-        Stage("data", check_data, "checksums of the shipped data; split manifest"),
-        lab_stage("train", "05", metric="test_macro_f1", artifact="classifier"),
-        evaluate_stage(),
-        lab_stage("compress", "08", metric="onnx_int8_accuracy", artifact="compressed"),
-        lab_stage("register", "09", metric="champion"),
-        serve_stage(model),
+def data_version(workspace: Path) -> str:
+    """The md5 that feedback.csv.dvc records: the data version the workspace holds."""
+    tracked = yaml.safe_load((Path(workspace) / f"{FEEDBACK}.dvc").read_text())
+    return tracked["outs"][0]["md5"]
+
+
+def checkout_data(workspace: Path, version: str) -> Path:
+    """Restore data version `version` (an md5 from the lineage) from the cache or the remote."""
+    from llmlab.stages import file_md5
+
+    tracked_file = Path(workspace) / f"{FEEDBACK}.dvc"
+    tracked = yaml.safe_load(tracked_file.read_text())
+    tracked["outs"][0] = {"md5": version, "path": Path(FEEDBACK).name, "hash": "md5"}
+    tracked_file.write_text(yaml.safe_dump(tracked, sort_keys=False))
+    with _repo(workspace) as repo:
+        repo.pull([str(tracked_file)], force=True)  # the current version was committed before
+    path = Path(workspace) / FEEDBACK
+    if file_md5(path) != version:
+        raise RuntimeError(f"{path} has md5 {file_md5(path)} after checkout, not {version}")
+    return path
+
+
+def set_params(workspace: Path, **changes: Any) -> None:
+    """Change parameters in params.yaml; `gates__tolerance=0.1` sets a nested one."""
+    path = Path(workspace) / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        if key not in node:
+            raise KeyError(f"params.yaml has no parameter {dotted.replace('__', '.')!r}")
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def params_of(workspace: Path) -> dict[str, Any]:
+    """The workspace's parameters."""
+    return yaml.safe_load((Path(workspace) / "params.yaml").read_text())
+
+
+@contextmanager
+def _stage_log(path: Path):
+    previous = os.environ.get(LOG_ENV)
+    os.environ[LOG_ENV] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[LOG_ENV]
+        else:
+            os.environ[LOG_ENV] = previous
+
+
+def repro(workspace: Path, force: bool = False) -> pd.DataFrame:
+    """`dvc repro` in `workspace`: one row per stage (ran, skipped or failed) with its seconds.
+
+    Raises PipelineFailed, naming the stage and its error, when a stage fails."""
+    log = Path(workspace) / "stage-log.jsonl"
+    seen = len(log.read_text().splitlines()) if log.exists() else 0
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
+    with _stage_log(log):
+        done = subprocess.run(command, cwd=workspace, capture_output=True, text=True)
+    lines = log.read_text().splitlines()[seen:] if log.exists() else []
+    ran = {entry["stage"]: entry for entry in map(json.loads, lines)}
+    rows = [
+        {
+            "stage": name,
+            "status": ran[name]["status"] if name in ran else "skipped",
+            "seconds": ran[name]["seconds"] if name in ran else 0.0,
+            "summary": ran[name]["summary"] if name in ran else "",
+        }
+        for name in STAGE_NAMES
     ]
+    table = pd.DataFrame(rows).set_index("stage")
+    table.attrs["wall_s"] = time.perf_counter() - started
+    if done.returncode != 0:
+        failed = [name for name in STAGE_NAMES if ran.get(name, {}).get("status") == "failed"]
+        reason = ran[failed[0]]["summary"] if failed else done.stderr.strip()[-2000:]
+        stage = failed[0] if failed else "?"
+        raise PipelineFailed(f"pipeline stopped at stage {stage!r}: {reason}", table) from None
+    return table
+
+
+def dag(workspace: Path | None = None) -> str:
+    """`dvc dag` as text: the stages and what feeds what."""
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", "dag"],
+        cwd=workspace or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout

@@ -1,169 +1,139 @@
-"""The pipeline engine on fake stages (fast), one real lab stage, and the CLI."""
+"""The DVC pipeline: its declaration, a stage's failure and timeout, data versions, the CLI, and
+(with LLMLAB_PIPELINE_WORKSPACE set by `make pipeline-e2e`) a failing gate on a real run."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import time
 from pathlib import Path
 
-import nbformat
+import pandas as pd
 import pytest
-from tiny_models import save_tiny_classifier
+import yaml
 
-from llmlab import cli, data, pipeline, registry
-from llmlab.config import REPO_ROOT, artifacts_dir
-from llmlab.pipeline import (
-    RunContext,
-    Stage,
-    StageOutput,
-    evaluate_stage,
-    failed_stage,
-    lab_stage,
-    report_table,
-    run_pipeline,
-    select_stages,
-)
+from llmlab import cli, data, pipeline, registry, stages
+from llmlab.config import REPO_ROOT
 
 
-def fake_stage(name: str, calls: list[str], fail: bool = False) -> Stage:
-    def run(context):
-        calls.append(name)
-        if fail:
-            raise RuntimeError(f"{name} broke")
-        return StageOutput("score", 0.5, f"{context.out_dir}/{name}")
-
-    return Stage(name, run)
+def small_feedback(rows: int = 60, start: int = 0) -> pd.DataFrame:
+    frame = pd.read_csv(data.verified_path(data.FEEDBACK_FILE))
+    return frame.iloc[start : start + rows].reset_index(drop=True)
 
 
-def test_all_stages_run_in_order_and_the_report_is_saved(tmp_path):
-    calls: list[str] = []
-    stages = [fake_stage(name, calls) for name in ("data", "train", "serve")]
-    results = run_pipeline(stages, "smoke", tmp_path, log=lambda line: None)
-    assert calls == ["data", "train", "serve"]
-    assert [r.status for r in results] == ["ok"] * 3
-    assert failed_stage(results) is None
-    assert results[1].started_s >= results[0].started_s + results[0].seconds
-    saved = json.loads((tmp_path / "pipeline.json").read_text())
-    assert saved["profile"] == "smoke"
-    assert [s["artifact"] for s in saved["stages"]] == [f"{tmp_path}/{n}" for n in calls]
+def stage_params(tmp_path: Path, feedback: pd.DataFrame) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    feedback.to_csv(tmp_path / "feedback.csv", index=False)
+    params |= {"feedback": "feedback.csv", "build": "build", "registry": "registry"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
 
 
-def test_the_first_failure_stops_the_pipeline(tmp_path):
-    calls: list[str] = []
-    stages = [
-        fake_stage("data", calls),
-        fake_stage("train", calls, fail=True),
-        fake_stage("register", calls),
-    ]
-    results = run_pipeline(stages, "smoke", tmp_path, log=lambda line: None)
-    assert calls == ["data", "train"], "nothing runs after a failed stage"
-    assert [r.status for r in results] == ["ok", "failed", "skipped"]
-    assert failed_stage(results).error == "RuntimeError: train broke"
-    assert "train broke" in (tmp_path / "train.traceback.txt").read_text()
-    table = report_table(results)
-    assert table.loc["register", "status"] == "skipped"
+def test_dvc_yaml_declares_the_chain_with_timeouts_and_outputs_in_the_build_dir():
+    declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(declared) == pipeline.STAGE_NAMES == list(stages.STAGES)
+    for name, stage in declared.items():
+        assert f"-m llmlab.stages {name} --timeout " in stage["cmd"], name
+        outs = [next(iter(out)) if isinstance(out, dict) else out for out in stage["outs"]]
+        assert all(out.startswith("${build}/") for out in outs), (name, outs)
+        assert "${src}/llmlab/stages.py" in stage["deps"], name
+    # Each stage after the first reads something an earlier stage wrote.
+    produced: set[str] = set()
+    for name, stage in declared.items():
+        if name != "data":
+            assert any(dep in produced for dep in stage["deps"]), name
+        produced |= {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert {"profile", "seed", "gates"} <= set(params) and params["profile"] in stages.SIZES
 
 
-def test_stage_names_must_be_unique(tmp_path):
-    with pytest.raises(ValueError, match="unique"):
-        run_pipeline([fake_stage("a", []), fake_stage("a", [])], "smoke", tmp_path)
+def test_the_data_stage_checks_labels_and_records_the_data_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(stages.LOG_ENV, str(tmp_path / "log.jsonl"))
+    stage_params(tmp_path, small_feedback())
+    assert stages.main(["data", "--timeout", "60"]) == 0
+    manifest = json.loads((tmp_path / "build/data/manifest.json").read_text())
+    assert manifest["data_version"] == stages.file_md5(tmp_path / "feedback.csv")
+    assert sum(split["rows"] for split in manifest["splits"].values()) <= 60
+    bad = small_feedback().assign(label="furious")
+    stage_params(tmp_path, bad)
+    assert stages.main(["data", "--timeout", "60"]) == 1
+    last = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "failed" and "labels ['furious']" in last["summary"], last
 
 
-def test_select_stages_keeps_pipeline_order_and_names_unknown_ones():
-    stages = [fake_stage(name, []) for name in ("data", "train", "serve")]
-    assert [s.name for s in select_stages(stages, ["serve", "data"])] == ["data", "serve"]
-    with pytest.raises(LookupError, match=r"unknown stage\(s\) \['deploy'\]; stages: data, train"):
-        select_stages(stages, ["deploy"])
+def test_a_stage_past_its_timeout_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(stages.LOG_ENV, str(tmp_path / "log.jsonl"))
+    stage_params(tmp_path, small_feedback())
+    monkeypatch.setitem(stages.STAGES, "train", lambda params: time.sleep(5) or "done")
+    started = time.perf_counter()
+    assert stages.main(["train", "--timeout", "1"]) == 1
+    assert time.perf_counter() - started < 4, "the stage was not stopped at its timeout"
+    last = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert "ran past its timeout of 1 s" in last["summary"], last
 
 
-def test_default_stages_cover_the_whole_path():
-    names = [stage.name for stage in pipeline.default_stages()]
-    assert names == ["data", "train", "evaluate", "compress", "register", "serve"]
+def test_data_versions_are_tracked_and_an_old_one_comes_back(tmp_path):
+    workspace = pipeline.init_workspace(tmp_path / "ws", feedback=small_feedback(40))
+    first = pipeline.data_version(workspace)
+    assert first == stages.file_md5(workspace / pipeline.FEEDBACK)
+    second = pipeline.add_feedback(workspace, small_feedback(20, start=40))
+    assert second != first and len(pd.read_csv(workspace / pipeline.FEEDBACK)) == 60
+    # The cache holds both versions; empty it, so the old one must come from the remote.
+    for cached in (workspace / ".dvc" / "cache").rglob("*"):
+        if cached.is_file():
+            cached.chmod(0o644)
+            cached.unlink()
+    restored = pipeline.checkout_data(workspace, first)
+    assert stages.file_md5(restored) == first and len(pd.read_csv(restored)) == 40
+    with pytest.raises(FileExistsError, match="exists"):
+        pipeline.init_workspace(workspace)
 
 
-def test_a_failing_lab_stops_with_the_cell_and_the_error(tmp_path):
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    parameters = nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]})
-    notebook.cells = [parameters, nbformat.v4.new_code_cell("assert profile == 'gpu', 'no GPU'")]
-    path = tmp_path / "99_broken.ipynb"
-    nbformat.write(notebook, path)
-    results = run_pipeline([lab_stage("train", str(path))], "smoke", tmp_path / "run", log=print)
-    error = failed_stage(results).error
-    # Cell 3 of the executed notebook: papermill inserts the injected parameters as cell 2.
-    assert "lab 99_broken failed in cell 3: AssertionError: no GPU" in error
-    assert (tmp_path / "run" / "99_broken.ipynb").exists(), "the executed notebook is kept"
+def test_set_params_refuses_an_unknown_parameter(tmp_path):
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "params.yaml").write_text(yaml.safe_dump({"gates": {"tolerance": 0.05}}))
+    pipeline.set_params(workspace, gates__tolerance=0.1)
+    assert pipeline.params_of(workspace)["gates"]["tolerance"] == 0.1
+    with pytest.raises(KeyError, match="gates.tolerence"):
+        pipeline.set_params(workspace, gates__tolerence=0.1)
 
 
 def test_cli_exits_1_and_names_the_failed_stage(monkeypatch, tmp_path, capsys):
-    calls: list[str] = []
-    stages = [fake_stage("data", calls), fake_stage("train", calls, fail=True)]
-    monkeypatch.setattr(pipeline, "default_stages", lambda model: stages)
-    assert cli.main(["pipeline", "--profile", "smoke", "--out", str(tmp_path)]) == 1
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    table = pd.DataFrame({"status": ["ok", "failed"]}, index=["data", "train"])
+
+    def failing(workspace, force=False):
+        raise pipeline.PipelineFailed("pipeline stopped at stage 'train': boom", table)
+
+    monkeypatch.setattr(pipeline, "repro", failing)
+    assert cli.main(["pipeline", "--workspace", str(tmp_path)]) == 1
     captured = capsys.readouterr()
-    assert "pipeline stopped at stage 'train': RuntimeError: train broke" in captured.err
-    assert "skipped" not in captured.out and "failed" in captured.out
+    assert "pipeline stopped at stage 'train': boom" in captured.err
+    assert "failed" in captured.out
 
 
-def test_cli_runs_a_chosen_subset(monkeypatch, tmp_path):
-    calls: list[str] = []
-    stages = [fake_stage(name, calls) for name in ("data", "train", "serve")]
-    monkeypatch.setattr(pipeline, "default_stages", lambda model: stages)
-    assert cli.main(["pipeline", "--stages", "data,serve", "--out", str(tmp_path)]) == 0
-    assert calls == ["data", "serve"]
-    assert cli.main(["pipeline", "--stages", "deploy"]) == 2
+# A workspace where `make pipeline-e2e` ran the whole pipeline (smoke profile).
+E2E_WORKSPACE = os.environ.get("LLMLAB_PIPELINE_WORKSPACE")
 
 
-def test_evaluate_stage_scores_the_saved_classifier_and_gates_it(tmp_path):
-    save_tiny_classifier(artifacts_dir("classifier"), seed=0, labels=data.label_names())
-    context = RunContext("smoke", tmp_path)
-    output = evaluate_stage(min_macro_f1=0.0).run(context)
-    saved = json.loads((tmp_path / "evaluation.json").read_text())
-    assert output.metric == "test_macro_f1" and output.value == saved["macro_f1"]
-    assert 0.0 <= output.value < 0.9, "a random one-layer model cannot be good"
-    low, high = saved["macro_f1_interval"]
-    assert low < output.value < high and high - low > 0.02, "an interval over a few hundred rows"
-    with pytest.raises(RuntimeError, match=r"quality gate: test macro-F1 0\.\d+ \(95% interval"):
-        evaluate_stage(min_macro_f1=0.99).run(context)
-    # A gate between the interval's lower end and the score: the point estimate alone would pass.
-    with pytest.raises(RuntimeError, match="does not clear"):
-        evaluate_stage(min_macro_f1=(low + output.value) / 2).run(context)
-
-
-def test_evaluate_stage_names_the_lab_that_makes_the_classifier(tmp_path):
-    with pytest.raises(FileNotFoundError, match="lab 05 produces it"):
-        evaluate_stage().run(RunContext("smoke", tmp_path))
-
-
-# The real build folder, read at import time: the autouse fixture points LLMLAB_BUILD_DIR at a
-# temporary folder only while a test runs.
-BUILD_WITH_EARLIER_LABS = Path(os.environ.get("LLMLAB_BUILD_DIR", REPO_ROOT / "_build"))
-
-
-@pytest.mark.skipif(
-    os.environ.get("LLMLAB_PIPELINE_E2E") != "1",
-    reason="runs labs 05, 08 and 09 (minutes): set LLMLAB_PIPELINE_E2E=1 after the labs ran",
-)
-def test_llmlab_pipeline_smoke_end_to_end(isolated_build_dir, tmp_path, capsys):
-    # Lab 05 needs what labs 02 and 04 left; everything the pipeline makes goes to a fresh folder.
-    for needed in ("results/lab02.json", "results/lab04.json", "artifacts/lm"):
-        source = BUILD_WITH_EARLIER_LABS / needed
-        if not source.exists():
-            pytest.fail(f"{source} is missing: run labs 01-04 (smoke) before this test")
-        target = isolated_build_dir / needed
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
-    out = tmp_path / "run"
-    assert cli.main(["pipeline", "--profile", "smoke", "--out", str(out)]) == 0, capsys.readouterr()
-    report = json.loads((out / "pipeline.json").read_text())
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 6, report
-    for notebook in ("05_finetuning", "08_compression", "09_versioning"):
-        assert (out / f"{notebook}.ipynb").exists(), f"executed {notebook} not kept"
-        assert json.loads((out / f"{notebook}.parameters.json").read_text())["profile"] == "smoke"
-    served = json.loads((out / "service.json").read_text())
-    assert served["version"] == registry.resolve("classifier@champion").ref
+@pytest.mark.skipif(not E2E_WORKSPACE, reason="set by `make pipeline-e2e` after `dvc repro`")
+def test_a_failing_gate_stops_the_pipeline_and_the_champion_keeps_serving():
+    workspace = Path(E2E_WORKSPACE)
+    uri = f"sqlite:///{workspace / 'registry'}/mlflow.db"
+    champion = registry.resolve("classifier@champion", uri).version
+    registered = len(registry.versions("classifier", uri))
+    assert pipeline.repro(workspace).status.eq("skipped").all(), "a second run must be cached"
+    gate = pipeline.params_of(workspace)["gates"]["min_macro_f1"]
+    pipeline.set_params(workspace, gates__min_macro_f1=0.99)
+    try:
+        with pytest.raises(pipeline.PipelineFailed, match="stage 'evaluate': .*quality gate"):
+            pipeline.repro(workspace)
+    finally:
+        pipeline.set_params(workspace, gates__min_macro_f1=gate)
+    assert registry.resolve("classifier@champion", uri).version == champion
+    assert len(registry.versions("classifier", uri)) == registered, "nothing was registered"
+    served = json.loads((workspace / "build" / "service.json").read_text())["served"]
+    assert served == f"classifier/{champion}"
