@@ -1,0 +1,12 @@
+"""The Serve application as an import path (`llmlab.system.entrypoint:app`) for `serve run`,
+`serve deploy` and KubeRay: the model and Redis come from the environment."""
+
+from __future__ import annotations
+
+import os
+
+from llmlab.serving.loading import resolve_model
+from llmlab.system.app import build_app
+
+_path, _version = resolve_model(os.environ.get("LLMLAB_MODEL", "classifier@champion"))
+app = build_app(_path, _version, redis_url=os.environ.get("LLMLAB_REDIS_URL") or None)

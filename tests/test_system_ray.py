@@ -1,0 +1,92 @@
+"""The Ray system on a tiny model: the Serve app answers like lab 10's service, survives a
+dying model replica, and a bulk job loses and duplicates no row when a worker is killed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from serving_helpers import TEXTS, save_models
+
+from llmlab.serve import free_port, load_classifier, load_test
+from llmlab.system import app as system
+from llmlab.system import bulk
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny classifiers (v1, v2)."""
+    return save_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """One small Ray instance for the whole module."""
+    with system.local_ray(num_cpus=2):
+        yield
+
+
+@pytest.fixture(scope="module")
+def url(cluster: None, tiny: dict[str, Path]) -> Iterator[str]:
+    """The three-deployment app on v1, on a free loopback port."""
+    base = system.start_serve(free_port())
+    serve.run(system.build_app(tiny["v1"], "v1"), name="default", route_prefix="/")
+    yield base
+    serve.delete("default")
+
+
+def test_answers_like_the_single_process_service(url: str, tiny: dict[str, Path]) -> None:
+    expected = load_classifier(tiny["v1"], "v1").predict(TEXTS)
+    body = httpx.post(f"{url}/predict", json={"texts": TEXTS}, timeout=30).json()
+    assert body["variant"] == "champion"
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert got["label"] == want["label"] and got["model_version"] == "v1"
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+    hops = body["timings_ms"][0]
+    assert hops["tokenizer_hop_ms"] >= hops["tokenize_ms"] > 0
+    assert hops["model_hop_ms"] >= hops["forward_ms"] > 0
+
+
+def test_bad_input_gets_422(url: str) -> None:
+    for payload in ({"text": ""}, {"text": 42}, {"texts": ["ok"] * 65}, {"message": "hi"}):
+        assert httpx.post(f"{url}/predict", json=payload, timeout=30).status_code == 422
+
+
+def test_a_dying_model_replica_fails_no_request(url: str) -> None:
+    async def traffic_with_a_death() -> tuple:
+        load = asyncio.create_task(load_test(url, TEXTS, requests=150, concurrency=8))
+        await asyncio.sleep(0.3)
+        handle = serve.get_deployment_handle("Model", app_name="default")
+        with pytest.raises(Exception):  # noqa: B017 - the replica dies while answering
+            await handle.die.remote()
+        return await load
+
+    requests = asyncio.run(traffic_with_a_death())
+    assert len(requests) == 150 and (requests.status == 200).all(), requests.status.value_counts()
+
+
+def test_bulk_job_survives_a_killed_worker(cluster: None, tiny: dict[str, Path], tmp_path) -> None:
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(600)]
+    ids = list(range(1000, 1600))
+    job = bulk.submit_job(texts, ids, tiny["v2"], "v2", tmp_path, chunk_size=50, max_retries=3)
+    killed = bulk.kill_worker_of(job, chunk=3)
+    assert job.status()["state"] in ("running", "done")
+    job.wait(timeout_s=120)
+    rows = job.results()
+    assert job.status() == job.status() | {"state": "done", "written": 12, "rows": 600}
+    assert sorted(rows.id) == ids, "lost or duplicated rows"
+    assert set(rows.model_version) == {"v2"}
+    attempts = job.attempts()
+    assert killed in set(attempts.pid) and (attempts.chunk == 3).sum() >= 2, attempts
+    assert not list(job.directory.glob("*.tmp"))
+
+
+def test_bulk_job_refuses_bad_input(tiny: dict[str, Path], tmp_path) -> None:
+    with pytest.raises(ValueError, match="unique id"):
+        bulk.submit_job(["a", "b"], [1, 1], tiny["v1"], "v1", tmp_path)
