@@ -63,7 +63,9 @@ def _attend(
     return attended.transpose(1, 2).reshape(batch, -1, width)
 
 
-def _bert_logits(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def bert_top_block_logits(
+    model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Post-norm BERT layer for the [CLS] row only, then pooler and classifier."""
     layer = model.bert.encoder.layer[-1]
     attention = layer.attention.self
@@ -82,7 +84,9 @@ def _bert_logits(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> 
     return model.classifier(model.dropout(model.bert.pooler(x)))
 
 
-def _gpt2_logits(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def gpt2_top_block_logits(
+    model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Pre-norm GPT-2 block for the last real token's row only, then final LayerNorm and score."""
     block = model.transformer.h[-1]
     rows = torch.arange(len(hidden), device=hidden.device)
@@ -98,8 +102,11 @@ def _gpt2_logits(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> 
 
 LogitsFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 TOP_BLOCK: dict[str, tuple[LogitsFn, Callable[[nn.Module], list[nn.Module]]]] = {
-    "bert": (_bert_logits, lambda m: [m.bert.encoder.layer[-1], m.bert.pooler, m.classifier]),
-    "gpt2": (_gpt2_logits, lambda m: [m.transformer.h[-1], m.transformer.ln_f, m.score]),
+    "bert": (
+        bert_top_block_logits,
+        lambda m: [m.bert.encoder.layer[-1], m.bert.pooler, m.classifier],
+    ),
+    "gpt2": (gpt2_top_block_logits, lambda m: [m.transformer.h[-1], m.transformer.ln_f, m.score]),
 }
 
 
@@ -209,6 +216,12 @@ def token_inputs(
         for name in ("input_ids", "attention_mask", "token_type_ids")
         if name in batch
     }
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut right-padded inputs (ids, masks, cached states) to the batch's longest row: exact."""
+    length = int(batch["attention_mask"].sum(dim=1).max())
+    return {name: value[:, :length] if value.dim() >= 2 else value for name, value in batch.items()}
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from llmlab.finetune import (
     token_inputs,
     top_block_inputs,
     top_modules,
+    trim_padding,
 )
 from llmlab.text import pretrained_model_dir
 from llmlab.train import TrainConfig, classification_loss, train
@@ -139,3 +140,15 @@ def test_bad_input_gets_a_clear_error(tokenizer):
         top_block_inputs(tiny_bert(), tokenizer, TEXTS, max_length=16, pairs=SECOND[:1])
     with pytest.raises(ValueError, match="no texts"):
         top_block_inputs(tiny_bert(), tokenizer, [], max_length=16)
+
+
+def test_trim_padding_cuts_to_the_longest_row_and_keeps_labels():
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]),
+        "hidden": torch.ones(2, 4, 3),
+        "labels": torch.tensor([1, 0]),
+    }
+    trimmed = trim_padding(batch)
+    assert trimmed["input_ids"].shape == (2, 2) and trimmed["hidden"].shape == (2, 2, 3)
+    assert torch.equal(trimmed["labels"], batch["labels"])
