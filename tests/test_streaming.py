@@ -68,9 +68,7 @@ def test_restarted_stream_lands_every_row_exactly_once(spark, tmp_path: Path):
     table, checkpoint = (tmp_path / "table").as_uri(), (tmp_path / "checkpoint").as_uri()
 
     def run() -> list[dict]:
-        query = start_stream(
-            read_events(spark, inbox.as_uri()), table.as_uri(), checkpoint.as_uri()
-        )
+        query = start_stream(read_events(spark, inbox.as_uri()), table, checkpoint)
         query.awaitTermination()
         return query.recentProgress
 
