@@ -166,7 +166,7 @@ def pipeline(args: argparse.Namespace) -> int:
     from llmlab.pipeline import PipelineFailed, init_workspace, repro
 
     profile = resolve_profile(args.profile)
-    workspace = args.workspace or profile_build_dir(profile) / "pipeline"
+    workspace = args.workspace or profile_build_dir(profile) / "pipeline-workspace"
     if not (workspace / "dvc.yaml").exists():
         print(f"new pipeline workspace {workspace} (profile={profile})")
         init_workspace(workspace, profile=profile)
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline_parser.add_argument("--profile", choices=PROFILES, help="size of a new workspace")
     pipeline_parser.add_argument(
-        "--workspace", type=Path, help="DVC workspace (default: <build dir>/pipeline)"
+        "--workspace", type=Path, help="DVC workspace (default: <build dir>/pipeline-workspace)"
     )
     pipeline_parser.add_argument("--force", action="store_true", help="rerun every stage")
     pipeline_parser.set_defaults(handler=pipeline)
