@@ -18,10 +18,11 @@ from llmlab.config import REPO_ROOT
 BUILD = Path(os.environ.get("LLMLAB_BUILD_DIR", REPO_ROOT / "_build"))
 PROFILE = os.environ.get("LLMLAB_PROFILE", "cpu")
 LAB_BUDGET_S = 300  # a reader's patience per lab on 2 cores (cpu profile)
-# And for the whole book: 30 minutes for the eleven labs of the first edition; 35 since labs 11 and
+# And for the whole book: 30 minutes for the eleven labs of the first edition; 40 since labs 11 and
 # 12 start real services (a DVC pipeline of six processes, a Ray cluster, Redis) and lab 05 added
-# LoRA and sentence pairs.
-BOOK_BUDGET_S = 2100
+# LoRA and sentence pairs (labs/timings.json holds the measured total), with room for the ~20%
+# that one lab's time varies between two runs on a quiet 2-core machine.
+BOOK_BUDGET_S = 2400
 TOC_LABS = [
     entry["file"]
     for part in yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())["parts"]
