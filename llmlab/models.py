@@ -1,11 +1,14 @@
-"""Small model builders: a GPT-2-style causal LM sized per profile, and its FLOPs per token."""
+"""Small model builders (lab 04; lab 14 decodes with them): a GPT-2-style causal LM sized per
+profile, the same GPT from lab 03's blocks, and its FLOPs per token."""
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from llmlab.attention import EncoderBlock
 from llmlab.config import resolve_profile
 from llmlab.flops import flops_per_token
 
@@ -68,3 +71,69 @@ def gpt_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     head_dim = config.n_embd // config.n_head
     n_matmul = _matmul_weight_count(model)
     return flops_per_token(n_matmul, config.n_layer, config.n_head, head_dim, seq_len)
+
+
+class BlockGPT(nn.Module):
+    """GPT-2 from lab 03's blocks: embeddings, causal pre-norm blocks, final norm, output layer."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        d = config.n_embd
+        self.tokens = nn.Embedding(config.vocab_size, d)
+        self.positions = nn.Embedding(config.n_positions, d)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                d,
+                config.n_head,
+                4 * d,
+                dropout=config.resid_pdrop,
+                norm_first=True,
+                layer_norm_eps=config.layer_norm_epsilon,
+                gelu_approximate="tanh",
+            )
+            for _ in range(config.n_layer)
+        )
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
+        self.head = nn.Linear(d, config.vocab_size, bias=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """(batch, seq) token ids -> (batch, seq, vocab) next-token logits."""
+        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        for block in self.blocks:
+            x = block(x, causal=True)
+        return self.head(self.norm(x))
+
+
+@torch.no_grad()
+def copy_gpt2_weights(ours: BlockGPT, theirs: PreTrainedModel) -> BlockGPT:
+    """Load a Hugging Face GPT-2's weights into a BlockGPT (GPT-2's Conv1D stores W transposed)."""
+    d, hf = theirs.config.n_embd, theirs.transformer
+    state = {
+        "tokens.weight": hf.wte.weight,
+        "positions.weight": hf.wpe.weight,
+        "norm.weight": hf.ln_f.weight,
+        "norm.bias": hf.ln_f.bias,
+        "head.weight": theirs.lm_head.weight,
+    }
+    for i, layer in enumerate(hf.h):
+        ours_to_theirs = {
+            "attention.out": layer.attn.c_proj,
+            "feed_forward.0": layer.mlp.c_fc,
+            "feed_forward.2": layer.mlp.c_proj,
+        }
+        for name, conv in ours_to_theirs.items():
+            state |= {
+                f"blocks.{i}.{name}.weight": conv.weight.T,
+                f"blocks.{i}.{name}.bias": conv.bias,
+            }
+        qkv_weights = layer.attn.c_attn.weight.split(d, 1)
+        qkv_biases = layer.attn.c_attn.bias.split(d)
+        for name, weight, bias in zip(
+            ("query", "key", "value"), qkv_weights, qkv_biases, strict=True
+        ):
+            state |= {f"blocks.{i}.attention.{name}.weight": weight.T}
+            state |= {f"blocks.{i}.attention.{name}.bias": bias}
+        for ours_norm, theirs_norm in (("norm1", layer.ln_1), ("norm2", layer.ln_2)):
+            state |= {f"blocks.{i}.{ours_norm}.{k}": v for k, v in theirs_norm.state_dict().items()}
+    ours.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+    return ours.to(theirs.device)
