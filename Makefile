@@ -11,7 +11,7 @@ export LLMLAB_PROFILE := $(PROFILE)
 # Tools write into $HOME by default: tools/env.sh keeps their state in the build dir.
 ENV := . $(CURDIR)/tools/env.sh &&
 
-.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site browser redis lab gpu-check clean
+.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site system browser redis java npm lab gpu-check clean
 
 # What `make test` (and so CI) runs, in order: the README's `make book` on the default profile is
 # one of them, and the tests read the notebooks it executed (each lab runs once).
@@ -19,9 +19,15 @@ TEST_STAGES := lint unit book executed site pipeline-e2e
 
 install: $(VENV)/.installed
 
+# torch comes first, alone, from PyTorch's CPU wheel index (PyPI's Linux wheel pulls GBs of CUDA
+# libraries): one look-up there, then everything else from PyPI. `make install TORCH_INDEX=` skips
+# it, e.g. where pip's own configuration already points at a mirror with CPU wheels.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	touch $@
 
@@ -48,7 +54,7 @@ $(ASSETS_FETCHED):
 	cp $(addprefix $(WIDGET_MANAGER)/*.,woff woff2 ttf eot svg) $(SITE_ASSETS)/labs/@jupyter-widgets/
 	touch $@
 
-book: install redis $(ASSETS_FETCHED)
+book: install redis java npm $(ASSETS_FETCHED)
 	bash tools/book_cache.sh $(LLMLAB_BUILD_DIR)/.jupyter_cache
 	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
@@ -87,25 +93,86 @@ notebooks: install
 	$(ENV) $(BIN)/python -m pytest --nbval-lax labs -q -p no:cacheprovider
 
 # The gpu profile's GPU-only paths (bf16, torch.compile, fused AdamW, MFU, 2:4 sparsity, batching
-# on CUDA, NCCL), small, on one CUDA GPU: one JSON report; exits non-zero when a claim fails.
-gpu-check: install
-	$(ENV) $(BIN)/python -m llmlab.gpucheck --out $(LLMLAB_BUILD_DIR)/gpu-check.json
+# on CUDA, NCCL, a static compiled KV cache), small, on one CUDA GPU, in one command that needs no
+# network: tools/gpu-check.sh with that machine's own python3 (GPU_PYTHON) and, for what it lacks,
+# the wheels of .whl/ (`make gpu-wheels`). Report and log in _build/gpu-check/; exits non-zero
+# when a claim fails.
+.PHONY: gpu-wheels gpu-rehearsal
+GPU_PYTHON ?= python3
+GPU_CHECK_DIR := $(CURDIR)/_build/gpu-check
+gpu-check:
+	LLMLAB_BUILD_DIR=$(GPU_CHECK_DIR) PYTHON=$(GPU_PYTHON) bash tools/gpu-check.sh $(GPU_CHECK_DIR)
+
+# The wheels of tools/gpu-wheels.txt for the GPU machines' Python 3.12 and this machine's 3.11 (the
+# rehearsal's), without their dependencies, so nothing pulls torch or CUDA. They travel with the
+# tree, 64 MiB in all, so the folder must stay small.
+WHEELS := .whl
+WHEELS_MAX_BYTES := 20971520
+PIP_DOWNLOAD := $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d $(WHEELS) -r tools/gpu-wheels.txt
+gpu-wheels: $(WHEELS)/.fetched
+$(WHEELS)/.fetched: tools/gpu-wheels.txt
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PIP_DOWNLOAD) --python-version 3.12
+	$(PIP_DOWNLOAD) --python-version 3.11
+	@size=$$(du -cb $(WHEELS)/*.whl | tail -1 | cut -f1); \
+	  tree=$$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1); \
+	  echo "gpu-wheels: $$(ls $(WHEELS)/*.whl | wc -l) wheels, $$size bytes; tracked tree $$tree bytes"; \
+	  [ $$size -le $(WHEELS_MAX_BYTES) ] || { echo "gpu-wheels: over $(WHEELS_MAX_BYTES) bytes"; exit 1; }
+	touch $@
+
+# tools/gpu-check.sh rehearsed on a CPU, for CI: a fresh virtual environment (no system
+# site-packages) holding what the GPU image holds (tools/gpu-image.txt, from this machine's pip
+# sources; kept while that list is unchanged) stands in for the GPU machine's python3; the script
+# must install what that Python lacks from .whl/ alone and pass `--device cpu --quick`.
+REHEARSAL := $(CURDIR)/_build/gpu-rehearsal
+gpu-rehearsal: gpu-wheels $(REHEARSAL)/venv/.installed
+	rm -rf $(REHEARSAL)/out $(REHEARSAL)/build
+	env -u PYTHONPATH LLMLAB_BUILD_DIR=$(REHEARSAL)/build PYTHON=$(REHEARSAL)/venv/bin/python \
+	  bash tools/gpu-check.sh $(REHEARSAL)/out --device cpu --quick
+	grep -q "installing what this Python lacks: .*fastapi-" $(REHEARSAL)/out/gpu-check.log
+$(REHEARSAL)/venv/.installed: tools/gpu-image.txt
+	rm -rf $(REHEARSAL)/venv
+	$(PYTHON) -m venv $(REHEARSAL)/venv
+	$(REHEARSAL)/venv/bin/python -m pip install --quiet -r tools/gpu-image.txt
+	touch $@
 
 # The built book in headless Chromium (Debian's package; Playwright drives it).
 site: install browser
 	$(ENV) $(BIN)/python -m pytest tests/site -q -p no:cacheprovider
 
+# System packages from Debian: as root with apt-get, else with passwordless `sudo -n` (hosted CI
+# runners), else one line naming the package and the command to run.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get
+define debian_install
+{ if [ "$$(id -u)" = 0 ]; then as=env; elif sudo -n true 2>/dev/null; then as="sudo -n env"; \
+  else echo "$(1): run sudo apt-get install $(1) (or make $@ as root)"; exit 1; fi; \
+  echo "installing Debian's $(1) package ($${as%env}apt-get)"; \
+  $$as $(APT_GET) update -qq && $$as $(APT_GET) install -y -qq $(1) >/dev/null; } || \
+  { echo "$(1): apt-get install $(1) failed"; exit 1; }
+endef
+
+# Every system program the book and the tests use.
+system: redis java npm browser
+
 # Lab 12's cache: Debian's Redis server, started by the lab on loopback (PyPI's redis-server
 # wheel is not on every mirror).
 redis:
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
-	  { echo "install Debian's redis-server package (sudo apt-get install redis-server)"; exit 1; }
+	@command -v redis-server >/dev/null || $(call debian_install,redis-server)
+
+# Spark (lab 07) needs Java 17 or newer: $JAVA_HOME's java when set (as Spark does), else PATH's.
+JAVA := $${JAVA_HOME:+$$JAVA_HOME/bin/}java
+java:
+	@v=$$($(JAVA) -version 2>&1 | sed -n 's/.*version "\(1\.\)\{0,1\}\([0-9]*\).*/\2/p' | head -1); \
+	  [ "$${v:-0}" -ge 17 ] || $(call debian_install,openjdk-17-jre-headless)
+
+# npm fetches the book's MathJax, RequireJS and widget manager (npm pack).
+npm:
+	@command -v npm >/dev/null || $(call debian_install,npm)
 
 browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  { echo "install Debian's chromium package (sudo apt-get install chromium)"; exit 1; }
+	@command -v chromium >/dev/null || $(call debian_install,chromium)
 
 lab: install
 	$(ENV) $(BIN)/llmlab lab

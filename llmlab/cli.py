@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from llmlab.config import PROFILES, REPO_ROOT, pick_device, resolve_profile
+from llmlab.environment import apply_environment
 from llmlab.runner import execute_lab, use_profile
 
 LABS_DIR = REPO_ROOT / "labs"
@@ -109,12 +110,15 @@ def _version(package: str) -> str:
 
 
 def doctor() -> int:
-    """Print versions, device, GPU and whether shipped data and weights are present."""
+    """Check the set-up (system tools, pins, disk, tool state), then print versions and data."""
     import torch
 
     from llmlab import data
+    from llmlab.config import build_dir
+    from llmlab.doctor import report, system_checks
 
-    print(f"python       {platform.python_version()} ({platform.machine()})")
+    problems = report(system_checks(build_dir()))
+    print(f"machine      {platform.machine()}, {os.cpu_count()} CPU cores")
     for package in KEY_PACKAGES:
         print(f"{package:<12} {_version(package)}")
     device = pick_device("auto")
@@ -123,7 +127,6 @@ def doctor() -> int:
         props = torch.cuda.get_device_properties(0)
         print(f"gpu          {props.name} ({props.total_memory / 2**30:.0f} GiB)")
     print(f"profile      {resolve_profile()}")
-    problems = 0
     for name, status in data.check_all().items():
         print(f"data         {name}: {status}")
         problems += status != "ok"
@@ -208,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="record each lab's wall time in labs/timings.json (shown on its page)",
     )
     run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out, a.save_timings))
-    doctor_parser = commands.add_parser("doctor", help="versions, device, data and weights")
+    doctor_parser = commands.add_parser(
+        "doctor", help="system tools, pins, disk, tool state, versions, device, data"
+    )
     doctor_parser.set_defaults(handler=lambda a: doctor())
     lab_parser = commands.add_parser(
         "lab", help="open JupyterLab on the labs; extra arguments go to jupyter lab"
@@ -244,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `llmlab` command."""
+    """Entry point of the `llmlab` command: tools/env.sh's settings first, then the command."""
+    apply_environment()  # before any tool is imported: its state goes into the build dir
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "lab":
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")

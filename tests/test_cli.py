@@ -1,11 +1,14 @@
+import importlib.metadata
 import json
 import os
+import subprocess
 
 import nbformat
 import pytest
 
-from llmlab import cli, results
+from llmlab import cli, doctor, results
 from llmlab.cli import find_lab, lab_paths, main, parse_value
+from llmlab.environment import apply_environment, read_settings
 
 
 def test_find_lab_accepts_number_and_name():
@@ -87,3 +90,128 @@ def test_each_profile_runs_in_its_own_build_dir(monkeypatch, profile, expected):
 def test_an_explicit_build_dir_is_kept(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMLAB_BUILD_DIR", str(tmp_path))
     assert cli.use_profile("smoke") == tmp_path
+
+
+@pytest.fixture(autouse=True)
+def restored_tool_environment(monkeypatch):
+    """`main` applies tools/env.list to os.environ: put every variable back after each test."""
+    for setting in read_settings():
+        if setting.name in os.environ:
+            monkeypatch.setenv(setting.name, os.environ[setting.name])
+        else:
+            monkeypatch.delenv(setting.name, raising=False)
+
+
+def test_llmlab_keeps_tool_state_out_of_home_without_env_sh(tmp_path, monkeypatch):
+    home, build = tmp_path / "home", tmp_path / "build"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("LLMLAB_BUILD_DIR", str(build))
+    for setting in read_settings():  # as in a shell that never sourced tools/env.sh
+        monkeypatch.delenv(setting.name, raising=False)
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.cells = [
+        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])"),
+    ]
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    nbformat.write(notebook, labs / "97_plot.ipynb")
+    monkeypatch.setattr(cli, "LABS_DIR", labs)
+    assert main(["run", "97", "--profile", "smoke", "--out", str(tmp_path / "out")]) == 0
+    assert sorted(home.rglob("*")) == [], "nothing written into $HOME"
+    assert (build / "home" / "jupyter-runtime").is_dir() and (
+        build / "home" / "matplotlib"
+    ).is_dir()
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{build}/mlflow.db"
+
+
+def test_settings_already_made_are_kept_where_env_list_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMLAB_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "online")  # ?= in tools/env.list
+    monkeypatch.setenv("WANDB_DIR", "/elsewhere")  # = : follows the build dir
+    assert apply_environment() == tmp_path
+    assert os.environ["WANDB_MODE"] == "online"
+    assert os.environ["WANDB_DIR"] == str(tmp_path / "wandb")
+
+
+def test_env_sh_sets_what_the_cli_sets(tmp_path):
+    shell = subprocess.run(
+        ["bash", "-c", f". {cli.REPO_ROOT / 'tools' / 'env.sh'} && env -0"],
+        env={"PATH": os.environ["PATH"], "LLMLAB_BUILD_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    from_shell = dict(line.split("=", 1) for line in shell.stdout.split("\0") if line)
+    from_cli = {"LLMLAB_BUILD_DIR": str(tmp_path)}
+    apply_environment(from_cli)
+    assert from_cli == {name: from_shell[name] for name in from_cli}
+
+
+def fake_java(folder, version_line):
+    """A `java` whose -version prints `version_line`, as a JDK does (on stderr)."""
+    java = folder / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text(f"#!/bin/bash\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+    return java
+
+
+@pytest.mark.parametrize(
+    ("line", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('java version "1.8.0_292"', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+    ],
+)
+def test_java_version_reads_the_major_version(tmp_path, line, major):
+    assert doctor.java_version(str(fake_java(tmp_path, line))) == major
+
+
+def test_doctor_fails_on_old_java_and_missing_tools_with_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(
+        "JAVA_HOME",
+        str(fake_java(tmp_path / "jdk", 'openjdk version "11.0.2"')).removesuffix("/bin/java"),
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server, npm or chromium
+    assert main(["doctor"]) == 1
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "missing" in lines["java"] and "-> make java" in lines["java"]
+    assert "missing" in lines["redis-server"] and "-> make redis" in lines["redis-server"]
+    assert "optional" in lines["chromium"], "make site's browser is not needed for the book"
+    assert lines["pins"].split()[1] == "ok" and lines["python"].split()[1] == "ok"
+
+
+def test_report_fails_only_on_required_checks(capsys):
+    optional = doctor.Check("chromium", False, "not on PATH", "make browser", required=False)
+    assert doctor.report([doctor.Check("python", True, "3.11.7"), optional]) == 0
+    assert doctor.report([doctor.Check("npm", False, "not on PATH", "make npm")]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("not on PATH -> make npm")
+
+
+def test_pins_that_differ_are_named(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    installed = importlib.metadata.version("pytest")
+    lock.write_text(f"pytest=={installed}\nnumpy==0.0.1\nno-such-package==1.0\n")
+    assert doctor.differing_pins(lock) == [
+        "numpy " + importlib.metadata.version("numpy") + " (lock 0.0.1)",
+        "no-such-package missing (lock 1.0)",
+    ]
+
+
+def test_tool_state_outside_the_build_dir_is_reported(monkeypatch, tmp_path):
+    apply_environment()
+    assert doctor.check_tool_state().ok
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path.parent / "wandb"))
+    monkeypatch.delenv("HF_HOME")
+    check = doctor.check_tool_state()
+    assert (
+        not check.ok and "WANDB_DIR=" in check.detail and "HF_HOME=(unset: $HOME)" in check.detail
+    )
