@@ -1,9 +1,11 @@
-"""`llmlab lab` serves the labs: listed through the contents API and runnable in its kernels."""
+"""`llmlab lab` serves the labs: listed through the contents API, runnable in its kernels, and
+rendered with MyST (jupyterlab-myst) in a real browser, solutions folded."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import websocket
 from llmlab.cli import lab_paths
 
 TOKEN = uuid.uuid4().hex
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def free_port() -> int:
@@ -40,8 +43,14 @@ def server(tmp_path_factory):
     port = free_port()
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
     build = tmp_path_factory.mktemp("build")  # a build dir of the smoke profile's own
+    settings = tmp_path_factory.mktemp("lab-settings")  # no user settings leak into the test
+    # Every cell rendered at once (no windowing), so a lab's last cell is in the page.
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "LLMLAB_PROFILE": "smoke"}
-    env |= {"LLMLAB_BUILD_DIR": str(build)}
+    env |= {"LLMLAB_BUILD_DIR": str(build), "JUPYTERLAB_SETTINGS_DIR": str(settings)}
+    env |= {"JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("lab-workspaces"))}
     process = subprocess.Popen(
         [sys.executable, "-m", "llmlab.cli", "lab", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", f"--IdentityProvider.token={TOKEN}", "--ServerApp.port_retries=0"],
@@ -108,3 +117,36 @@ def test_first_lab_runs_in_a_kernel_of_the_server(server):
     finally:
         channel.close()
         api(server, f"/api/kernels/{kernel['id']}", method="DELETE")
+
+
+def test_solutions_render_folded_in_jupyterlab(server):
+    """jupyterlab-myst renders a lab's `{admonition} Solution` dropdown as a closed <details>."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed: run `make browser` (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    lab = lab_paths()[0]
+    markdown = [
+        c.source for c in nbformat.read(lab, as_version=4).cells if c.cell_type == "markdown"
+    ]
+    solutions = sum(source.count("{admonition} Solution") for source in markdown)
+    assert solutions, f"{lab.name} has no solution to check"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{server}/lab/tree/{lab.name}?token={TOKEN}", wait_until="domcontentloaded")
+        folded = page.locator(".jp-MarkdownCell details").filter(has_text="Solution")
+        # Without jupyterlab-myst a solution is a code block, and no <details> ever appears.
+        expect(folded).to_have_count(solutions, timeout=120_000)  # slow on a busy machine
+        first = folded.first
+        body = first.locator(":scope > :not(summary)").first
+        assert first.evaluate("d => d.open") is False, "a solution is unfolded on opening"
+        expect(body).to_be_hidden()
+        first.locator("summary").click()
+        expect(body).to_be_visible()
+        raw = page.locator(".jp-MarkdownCell .jp-RenderedMarkdown").filter(has_text="{admonition}")
+        assert not raw.count(), "a directive shows as raw MyST text"
+        assert not errors, errors
+        browser.close()
