@@ -82,15 +82,15 @@ class KVCache:
         """A zeroed cache sized for `model` (max_len defaults to its context)."""
         attention = model.blocks[0].attention
         max_len = max_len or model.positions.num_embeddings
-        weight = model.head.weight
+        embedding = model.tokens.weight  # stays float when the Linear layers are quantised
         shape = (rows, attention.n_heads, max_len, attention.d_head)
-        dtype = dtype or (weight.dtype if weight.dtype.is_floating_point else torch.float32)
+        dtype = dtype or embedding.dtype
 
         def zeros() -> Tensor:
-            return torch.zeros(shape, dtype=dtype, device=weight.device)
+            return torch.zeros(shape, dtype=dtype, device=embedding.device)
 
         keys, values = [zeros() for _ in model.blocks], [zeros() for _ in model.blocks]
-        return cls(keys, values, torch.zeros(rows, dtype=torch.long, device=weight.device))
+        return cls(keys, values, torch.zeros(rows, dtype=torch.long, device=embedding.device))
 
     def nbytes(self) -> int:
         """Bytes held by the key and value tensors."""
