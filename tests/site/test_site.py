@@ -133,3 +133,49 @@ def test_every_lab_page_links_to_a_rerun_command(opened):
         text = page.locator("main").inner_text()
         number = Path(doc).name.split("_")[0]
         assert f"llmlab run {number}" in text, f"{doc}: no papermill rerun command in the header"
+
+
+REPOSITORY = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def test_header_buttons_link_to_the_repository(opened):
+    page, _ = opened(PAGES[0])
+    repository = page.locator("a.btn-source-repository-button")
+    assert repository.get_attribute("href") == REPOSITORY, "the repository button"
+    issue = page.locator("a.btn-source-issues-button").get_attribute("href")
+    assert issue.startswith(f"{REPOSITORY}/issues/new"), issue
+    assert page.locator(".btn-download-source-button").count(), "no download button"
+
+
+@pytest.mark.parametrize("doc", LABS)
+def test_lab_page_opens_with_clone_and_run(opened, doc):
+    page, _ = opened(doc)
+    block = page.locator("main .llmlab-run-this-lab")
+    assert block.count() == 1, f"{doc}: no clone-and-run block"
+    text = block.inner_text()
+    number = Path(doc).name.split("_")[0]
+    assert f"git clone {REPOSITORY}.git" in text and f"llmlab run {number} " in text, text
+    notebook = block.locator("a").first.get_attribute("href")
+    assert notebook.startswith(REPOSITORY) and notebook.endswith(f"{doc}.ipynb"), notebook
+
+
+def test_glossary_gives_every_term_in_chinese(opened):
+    page, _ = opened("book/glossary")
+    # One group of <dt> per entry (its term, synonyms and Chinese term), closed by its <dd>.
+    groups = page.eval_on_selector_all(
+        "dl.glossary > dt, dl.glossary > dd",
+        """nodes => {
+            const groups = [];
+            let terms = [];
+            for (const node of nodes) {
+                if (node.tagName === "DT") terms.push(node.innerText.replace("#", "").trim());
+                else { groups.push(terms); terms = []; }
+            }
+            return groups;
+        }""",
+    )
+    assert len(groups) > 30, groups
+    chinese = [any(any("\u4e00" <= ch <= "\u9fff" for ch in term) for term in g) for g in groups]
+    missing = [g[0] for g, has in zip(groups, chinese, strict=True) if not has]
+    assert not missing, f"glossary entries without a Chinese term: {missing}"
+    assert ["Attention", "注意力机制"] in groups, "Attention is 注意力机制"
