@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,8 +151,13 @@ def _stage_log(path: Path):
             os.environ[LOG_ENV] = previous
 
 
+# The lines that say how far `dvc repro` got: DVC's stage lines and each stage's one-line summary
+# (the libraries' warnings and progress bars stay in the captured output).
+PROGRESS_LINE = re.compile(r"(Running stage|Stage '|stage '|'[^']+' didn't change|ERROR|Data and )")
+
+
 def _run_streaming(command: list[str], cwd: Path, echo: bool) -> tuple[int, str]:
-    """Run `command`; print its output line by line as it comes when `echo`; (exit code, output)."""
+    """Run `command`; with `echo`, print its progress lines as they come; (exit code, output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the stages' lines arrive when printed
     lines = []
     with subprocess.Popen(
@@ -159,7 +165,7 @@ def _run_streaming(command: list[str], cwd: Path, echo: bool) -> tuple[int, str]
     ) as process:
         for line in process.stdout:
             lines.append(line)
-            if echo:
+            if echo and PROGRESS_LINE.match(line):
                 print(line, end="", flush=True)
     return process.returncode, "".join(lines)
 
@@ -167,7 +173,7 @@ def _run_streaming(command: list[str], cwd: Path, echo: bool) -> tuple[int, str]
 def repro(workspace: Path, force: bool = False, echo: bool = True) -> pd.DataFrame:
     """`dvc repro` in `workspace`: one row per stage (ran, skipped or failed) with its seconds.
 
-    With `echo`, DVC's and the stages' output is printed as it happens (a run takes minutes).
+    With `echo`, each stage's start and one-line result are printed as they happen.
     Raises PipelineFailed, naming the stage and its error, when a stage fails."""
     log = Path(workspace) / "stage-log.jsonl"
     seen = len(log.read_text().splitlines()) if log.exists() else 0
