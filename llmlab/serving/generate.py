@@ -364,10 +364,8 @@ def serve(args: argparse.Namespace) -> int:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
-    config = GenerateConfig(
-        args.model, args.device, args.max_active, args.max_queue, args.max_new_tokens
-    )
-    config.deadline_s = args.deadline_s
+    options = ("model", "device", "max_active", "max_queue", "max_new_tokens", "deadline_s")
+    config = GenerateConfig(**{name: getattr(args, name) for name in options})
     uvicorn.run(create_generate_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
 

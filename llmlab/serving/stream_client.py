@@ -109,3 +109,30 @@ def read_metrics(base_url: str) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return values
+
+
+def wait_for_metric(
+    base_url: str, name: str, minimum: float, timeout_s: float = 10.0
+) -> dict[str, float]:
+    """Poll /metrics until `name` reaches `minimum` (e.g. a cancel the server has yet to
+    notice); all metrics then. TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (values := read_metrics(base_url)).get(name, 0.0) < minimum:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} = {values.get(name)} < {minimum} after {timeout_s:g} s")
+        time.sleep(0.02)
+    return values
+
+
+def summarize_streams(streams: pd.DataFrame) -> dict[str, float]:
+    """One row of a concurrency table: streams, failures, median time to first token (ms),
+    median decode tokens/s per stream, and tokens/s of all streams over the run's span."""
+    ok = streams[streams.status == 200]
+    span = (streams.started_s + streams.total_s).max() - streams.started_s.min()
+    return {
+        "streams": len(streams),
+        "failed": int((streams.status != 200).sum()),
+        "median TTFT (ms)": 1000 * ok.ttft_s.median(),
+        "median decode tokens/s per stream": ok.decode_tokens_per_s.median(),
+        "tokens/s, all streams": ok.tokens.sum() / span,
+    }
