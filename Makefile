@@ -145,7 +145,7 @@ gpu-rehearsal: gpu-wheels $(REHEARSAL)/venv/.installed
 $(REHEARSAL)/venv/.installed: tools/gpu-image.txt
 	rm -rf $(REHEARSAL)/venv
 	$(PYTHON) -m venv $(REHEARSAL)/venv
-	$(REHEARSAL)/venv/bin/python -m pip install --quiet -r tools/gpu-image.txt
+	$(REHEARSAL)/venv/bin/python -m pip install --quiet --no-compile -r tools/gpu-image.txt
 	touch $@
 
 # The built book in headless Chromium (Debian's package; Playwright drives it).

@@ -46,12 +46,12 @@ NCCL_MB = 256  # all-reduced tensor
 # Seconds each check may take on a CUDA GPU, compile included: together 7 minutes, so that one
 # run and a second try fit in the 10 minutes of a lent GPU machine's command.
 GPU_BUDGET_S = {
-    "pretrain": 150,
+    "pretrain": 120,
     "finetune": 45,
     "sparsity24": 30,
     "serve": 75,
     "nccl": 30,
-    "generation": 90,
+    "generation": 120,
 }
 
 
@@ -328,12 +328,18 @@ def check_generation(device: str, sizes: Sizes) -> CheckResult:
         values[f"prefill_tokens_per_s_{cache}"] = rows * sizes.prompt_tokens / one
         values[f"decode_tokens_per_s_{cache}"] = rows * (new - 1) / max(all_tokens - one, 1e-9)
     values["static_compiled"] = hasattr(model, "_compiled_call")  # transformers' compiled forward
-    ratio = values["decode_tokens_per_s_static"] / values["decode_tokens_per_s_dynamic"]
-    values["static_decode_speedup"] = ratio
-    lengths = {calls[f"{cache}_{new}"]().shape[1] for cache in ("dynamic", "static")}
+    decode_ratio = values["decode_tokens_per_s_static"] / values["decode_tokens_per_s_dynamic"]
+    generate_ratio = seconds[f"dynamic_{new}"] / seconds[f"static_{new}"]
+    values |= {"static_decode_speedup": decode_ratio, "static_generate_speedup": generate_ratio}
+    dynamic, static = (calls[f"{cache}_{new}"]() for cache in ("dynamic", "static"))
+    values["same_greedy_tokens"] = (dynamic == static).float().mean().item()  # bf16: may differ
+    lengths = {dynamic.shape[1], static.shape[1]}
     claims = [(f"{new} new tokens a row", lengths == {sizes.prompt_tokens + new}, str(lengths))]
-    if cuda:
-        claims.append(("static cache + compile decodes >= dynamic", ratio >= 1, f"{ratio:.2f}x"))
+    if cuda:  # lab 14's claim on the gpu profile, and the decode steps the compile is for
+        name = "static cache + compile generates faster than dynamic (lab 14)"
+        claims.append((name, generate_ratio > 1, f"{generate_ratio:.2f}x"))
+        name = "static cache + compile decodes >= dynamic tokens/s"
+        claims.append((name, decode_ratio >= 1, f"{decode_ratio:.2f}x"))
     return values, claims
 
 

@@ -52,8 +52,8 @@ run() {
   echo "gpu-check: $("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
   install_missing || return 3
   echo "gpu-check: packages ready in $((SECONDS - started)) s"
-  # The whole import chain of the checks and of the server subprocess, before any check runs.
-  "$python" -c 'import fastapi, uvicorn, llmlab.gpucheck, llmlab.serve, llmlab.cli' || {
+  # The import chain of the server subprocess (the service), before any check runs.
+  "$python" -c 'import fastapi, uvicorn, llmlab.serve, llmlab.cli' || {
     echo "gpu-check: an import failed (above); the pinned wheels are in tools/gpu-wheels.txt"
     return 3
   }
