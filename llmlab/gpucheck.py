@@ -332,9 +332,10 @@ def check_generation(device: str, sizes: Sizes) -> CheckResult:
     generate_ratio = seconds[f"dynamic_{new}"] / seconds[f"static_{new}"]
     values |= {"static_decode_speedup": decode_ratio, "static_generate_speedup": generate_ratio}
     dynamic, static = (calls[f"{cache}_{new}"]() for cache in ("dynamic", "static"))
-    values["same_greedy_tokens"] = (dynamic == static).float().mean().item()  # bf16: may differ
     lengths = {dynamic.shape[1], static.shape[1]}
     claims = [(f"{new} new tokens a row", lengths == {sizes.prompt_tokens + new}, str(lengths))]
+    if len(lengths) == 1:  # bf16 kernels differ between the two, so greedy tokens may too
+        values["same_greedy_tokens"] = (dynamic == static).float().mean().item()
     if cuda:  # lab 14's claim on the gpu profile, and the decode steps the compile is for
         name = "static cache + compile generates faster than dynamic (lab 14)"
         claims.append((name, generate_ratio > 1, f"{generate_ratio:.2f}x"))

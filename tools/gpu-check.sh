@@ -91,7 +91,7 @@ home=$LLMLAB_BUILD_DIR/home
 export TRITON_CACHE_DIR=$home/triton TORCHINDUCTOR_CACHE_DIR=$home/inductor
 export XDG_CACHE_HOME=$home/cache TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 # Only .whl/ is read: no pip configuration of this machine, no index, no cache in $HOME.
-export PIP_CONFIG_FILE=/dev/null PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_CONFIG_FILE=/dev/null PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 site=$LLMLAB_BUILD_DIR/site-packages
 export PYTHONPATH=$root:$site${PYTHONPATH:+:$PYTHONPATH}
 
