@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM
 
 from llmlab.models import build_gpt, gpt_config
+from llmlab.serving.engine import Engine, load_language_model
 from llmlab.serving.generate import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
@@ -33,7 +34,6 @@ from llmlab.serving.stream_client import (
     summarize_streams,
     wait_for_metric,
 )
-from llmlab.serving.streaming import Engine, load_language_model
 from llmlab.text import train_bpe
 
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "hello world, café", "the fox"]
@@ -264,7 +264,10 @@ def test_streams_advance_together_one_token_each_per_iteration(model_dir):
             return await measuring
 
         table = asyncio.run(scenario())
+        metrics = read_metrics(url)
     assert summarize_streams(table)["failed"] == 0 and (table.tokens == 20).all()
+    iterations = metrics["llmlab_generate_iterations_total"]
+    assert iterations < 0.75 * metrics["llmlab_generate_tokens_total"], "two tokens an iteration"
     first_token_at = table.started_s + table.ttft_s
     ended_at = table.started_s + table.total_s
     assert first_token_at.max() < ended_at.min(), table

@@ -49,7 +49,9 @@ class LanguageModel:
         with torch.inference_mode():
             inputs = torch.tensor([ids], dtype=torch.long, device=device)
             output = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
-            logits = output.logits[:, -1, :].float()
+            # On the CPU: the token goes to the host anyway, and a request's CPU generator
+            # then samples the same tokens whatever the model's device.
+            logits = output.logits[:, -1, :].float().cpu()
             logits[:, len(self.tokenizer) :] = float("-inf")
         return logits, output.past_key_values
 
@@ -157,7 +159,6 @@ class Engine:
         self.tokens_generated = 0
         self.cancelled = 0
         self.finished = dict.fromkeys(FINISH_REASONS, 0)
-        self.first_token_s: list[float] = []  # submit -> first token, per stream
 
     def submit(self, stream: Stream) -> None:
         """Queue `stream`; QueueFull at once when active and waiting streams fill the engine."""
@@ -267,8 +268,6 @@ class Engine:
     def _emit_token(self, stream: Stream, token: int) -> None:
         stream.tokens.append(token)
         self.tokens_generated += 1
-        if len(stream.tokens) == 1:
-            self.first_token_s.append(time.monotonic() - stream.submitted)
         decoded = self.lm.tokenizer.decode(stream.tokens)
         # A token may end inside a multi-byte character: hold its text until it completes.
         text = "" if decoded.endswith("\ufffd") else decoded[stream.text_sent :]

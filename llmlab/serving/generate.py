@@ -1,5 +1,5 @@
 """The generation service (lab 14 serves lab 04's GPT): `POST /generate` streams one
-Server-Sent Event per token from `llmlab.serving.streaming`'s engine; probes, metrics, limits."""
+Server-Sent Event per token from `llmlab.serving.engine`; probes, metrics, limits."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from starlette.responses import StreamingResponse
 
 from llmlab.serving.app import _install_error_handlers
 from llmlab.serving.batching import QueueFull
-from llmlab.serving.manager import BackgroundServer, free_port
-from llmlab.serving.streaming import (
+from llmlab.serving.engine import (
     FINISH_REASONS,
     Engine,
     LanguageModel,
@@ -30,6 +29,7 @@ from llmlab.serving.streaming import (
     check_language_model,
     load_language_model,
 )
+from llmlab.serving.manager import BackgroundServer, free_port
 
 log = logging.getLogger("llmlab.generate")
 MAX_NEW_TOKENS = 256
@@ -201,6 +201,8 @@ def _metrics_collector(service: GenerationService) -> Any:
             counts = {
                 "tokens": ("Tokens generated", engine.tokens_generated if engine else 0),
                 "cancelled": ("Streams whose client left", engine.cancelled if engine else 0),
+                # tokens / iterations: about the streams advanced per engine iteration
+                "iterations": ("Engine iterations", engine.iterations if engine else 0),
             }
             for name, (text, value) in counts.items():
                 yield CounterMetricFamily(f"llmlab_generate_{name}", text, value)
