@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # `make gpu-check` on a bare GPU machine without network, in one command:
 #
-#   bash tools/gpu-check.sh OUT_DIR [--quick] [--device cuda|cpu]
+#   bash tools/gpu-check.sh OUT_DIR [--quick] [--device cuda|cpu] [-- --checks NAME...]
 #
 # Uses the python3 on PATH (or $PYTHON) as it is: installs from .whl/ (`make gpu-wheels`) only
 # the packages of tools/gpu-wheels.txt that this Python lacks, into a folder of its own (never
 # into its site-packages), puts the repository on PYTHONPATH (no `pip install -e`), keeps tool
 # state in the build dir, not $HOME, and runs every check of llmlab.gpucheck with its time
-# budget. Writes OUT_DIR/report.json and OUT_DIR/gpu-check.log, prints the table.
+# budget (after `--`, arguments for llmlab.gpucheck: `-- --checks generation` reruns one check).
+# Writes OUT_DIR/report.json and OUT_DIR/gpu-check.log, prints the table.
 # Exit code: llmlab.gpucheck's (0 every claim held, 1 a check failed, 2 no CUDA GPU), 3 when the
 # packages cannot be installed or imported, 124 when the whole run outlasts GPU_CHECK_TIMEOUT_S.
 set -uo pipefail
 
 usage() {
-  echo "usage: $0 OUT_DIR [--quick] [--device cuda|cpu]" >&2
+  echo "usage: $0 OUT_DIR [--quick] [--device cuda|cpu] [-- --checks NAME...]" >&2
   exit 64
 }
 
@@ -58,7 +59,7 @@ run() {
     return 3
   }
   timeout --kill-after=20 "${GPU_CHECK_TIMEOUT_S:-540}" "$python" -m llmlab.gpucheck \
-    --out "$out/report.json" --device "$device" ${quick[@]+"${quick[@]}"}
+    --out "$out/report.json" --device "$device" ${quick[@]+"${quick[@]}"} ${extra[@]+"${extra[@]}"}
   status=$?
   [ $status = 124 ] && echo "gpu-check: timed out; $out/report.json holds the checks that finished"
   echo "gpu-check: exit $status after $((SECONDS - started)) s; report $out/report.json"
@@ -70,11 +71,13 @@ out=$1
 shift
 device=cuda
 quick=()
+extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=(--quick) ;;
     --device) [ $# -ge 2 ] || usage; device=$2; shift ;;
     --device=*) device=${1#*=} ;;
+    --) shift; extra=("$@"); break ;;
     *) usage ;;
   esac
   shift
