@@ -22,13 +22,19 @@ install: $(VENV)/.installed
 # torch comes first, alone, from PyTorch's CPU wheel index (PyPI's Linux wheel pulls GBs of CUDA
 # libraries): one look-up there, then everything else from PyPI. `make install TORCH_INDEX=` skips
 # it, e.g. where pip's own configuration already points at a mirror with CPU wheels.
+# Python 3.11.5 at least: requirements.lock's soupsieve needs it (Debian 12's python3.11 is 3.11.2),
+# and pip would search for minutes before saying so. --no-compile: a module is byte-compiled when
+# first imported, not all of the 4.9 GB at install.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(not (3, 11, 5) <= sys.version_info < (3, 12))' || \
+	  { echo "install: needs Python 3.11.5 or a later 3.11, $(BIN)/python is $$($(BIN)/python -V):" \
+	  "rm -r $(VENV) and make install PYTHON=<a python3.11>"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock \
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -c requirements.lock \
 	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
+	$(BIN)/python -m pip install --quiet --no-compile -c requirements.lock -e .
 	touch $@
 
 # What the book's pages load (MathJax; RequireJS and the widget manager that renders progress

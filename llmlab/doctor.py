@@ -17,6 +17,7 @@ from llmlab.config import REPO_ROOT
 from llmlab.environment import outside_build_dir
 
 LOCK = REPO_ROOT / "requirements.lock"
+MIN_PYTHON = (3, 11, 5)
 MIN_JAVA = 17
 MIN_FREE_GIB = 3.0  # a cpu build's artifacts, runs and caches, with room to spare
 
@@ -39,10 +40,11 @@ class Check:
 
 
 def check_python() -> Check:
-    """Python 3.11, as pyproject.toml requires."""
+    """Python 3.11, at least 3.11.5 (requirements.lock's soupsieve needs it)."""
     version = ".".join(map(str, sys.version_info[:3]))
-    ok = sys.version_info[:2] == (3, 11)
-    return Check("python", ok, version, "install Python 3.11, then make install PYTHON=python3.11")
+    ok = MIN_PYTHON <= sys.version_info < (3, 12)
+    fix = "a Python 3.11.5+ (pyenv, python.org, conda), then make install PYTHON=<it>, new .venv"
+    return Check("python", ok, f"{version} (3.11.5 or a later 3.11)", fix)
 
 
 def java_version(java: str) -> int | None:
