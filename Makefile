@@ -11,7 +11,7 @@ export LLMLAB_PROFILE := $(PROFILE)
 # Tools write into $HOME by default: tools/env.sh keeps their state in the build dir.
 ENV := . $(CURDIR)/tools/env.sh &&
 
-.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site system browser redis java npm lab gpu-check clean
+.PHONY: install book test smoke lint unit executed notebooks pipeline-e2e site system browser redis java npm nonroot-check lab gpu-check clean
 
 # What `make test` (and so CI) runs, in order: the README's `make book` on the default profile is
 # one of them, and the tests read the notebooks it executed (each lab runs once).
@@ -171,6 +171,11 @@ endef
 
 # Every system program the book and the tests use.
 system: redis java npm browser
+
+# The publishing path as a hosted runner takes it (not root, passwordless sudo, a fresh clone of
+# HEAD): for CI, which runs as root; about two minutes on two cores.
+nonroot-check:
+	bash tools/nonroot-check.sh
 
 # Lab 12's cache: Debian's Redis server, started by the lab on loopback (PyPI's redis-server
 # wheel is not on every mirror).
