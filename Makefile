@@ -15,7 +15,7 @@ ENV := . $(CURDIR)/tools/env.sh &&
 
 # What `make test` (and so CI) runs, in order: the README's `make book` on the default profile is
 # one of them, and the tests read the notebooks it executed (each lab runs once).
-TEST_STAGES := lint unit book executed site pipeline-e2e
+TEST_STAGES := lint unit book executed site pipeline-e2e gpu-rehearsal
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-compile --no-deps -c requirements.lock \
 	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(BIN)/python -m pip install --quiet --no-compile -c requirements.lock -e .
+	# A named kernel for JupyterLab or VS Code users; the book and papermill run it as python3.
+	$(BIN)/python -m ipykernel install --sys-prefix --name llmlab --display-name "Python (llmlab)" >/dev/null
 	touch $@
 
 # What the book's pages load (MathJax; RequireJS and the widget manager that renders progress
@@ -77,7 +79,7 @@ lint: install
 	$(BIN)/ruff check llmlab tests labs
 	$(BIN)/ruff format --check llmlab tests labs
 
-unit: install redis
+unit: install redis browser
 	$(ENV) $(BIN)/python -m pytest tests -q --ignore=tests/site --ignore=tests/book
 
 # The labs as `make book` executed them: no errors, claims passed on this profile, time budget.
