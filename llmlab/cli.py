@@ -198,6 +198,15 @@ def add_lab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
 
 
+def serve_lm(options: list[str]) -> int:
+    """Stream a GPT's tokens over HTTP (server-sent events): lab 14's generation service."""
+    from llmlab.serving import generate
+
+    parser = argparse.ArgumentParser(prog="llmlab serve-lm", description=generate.__doc__)
+    generate.add_arguments(parser)
+    return generate.serve(parser.parse_args(options))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `llmlab` command line: one sub-command per task."""
     parser = argparse.ArgumentParser(prog="llmlab", description=__doc__)
@@ -236,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--timeout-s", type=float, default=10.0)
     serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
     serve_parser.set_defaults(handler=serve)
+    lm_parser = commands.add_parser(
+        "serve-lm",
+        add_help=False,
+        help="stream a GPT's tokens over HTTP (lab 14); --help lists its options",
+    )
+    lm_parser.set_defaults(handler=lambda a: serve_lm(a.jupyter_args))
     pipeline_parser = commands.add_parser(
         "pipeline", help="dvc repro of dvc.yaml: data -> train -> ... -> serve-check"
     )
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmlab` command: tools/env.sh's settings first, then the command."""
     apply_environment()  # before any tool is imported: its state goes into the build dir
     args, extra = build_parser().parse_known_args(argv)
-    if extra and args.command != "lab":
+    if extra and args.command not in ("lab", "serve-lm"):
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     args.jupyter_args = extra
     try:

@@ -215,3 +215,20 @@ def test_tool_state_outside_the_build_dir_is_reported(monkeypatch, tmp_path):
     assert (
         not check.ok and "WANDB_DIR=" in check.detail and "HF_HOME=(unset: $HOME)" in check.detail
     )
+
+
+def test_serve_lm_passes_its_options_to_the_generation_service(monkeypatch):
+    """Catches a serve-lm command that drops its options (main rejects them as unrecognized)."""
+    from llmlab.serving import generate
+
+    seen = {}
+    monkeypatch.setattr(generate, "serve", lambda args: seen.update(vars(args)) or 0)
+    assert main(["serve-lm", "--model", "lm-dir", "--max-active", "3", "--deadline-s", "2"]) == 0
+    assert seen["model"] == "lm-dir" and seen["max_active"] == 3 and seen["deadline_s"] == 2.0
+
+
+def test_serve_lm_requires_a_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve-lm"])
+    assert exit_info.value.code == 2
+    assert "--model" in capsys.readouterr().err
