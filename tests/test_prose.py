@@ -48,6 +48,10 @@ ALLOWED: dict[str, dict[str, str]] = {
         "at 80 %": "the exercise's setting",
         "80 %-sparse": "the exercise's setting",
     },
+    "14": {
+        "the last 10 % held out": "lab 04's validation fraction, a setting",
+        "first 90 %.": "lab 04's training fraction, a setting",
+    },
     "10": {
         "unluckiest 1%": "the definition of p99",
         "at least 1.5x": "the claim's threshold, a constant of the lab",
