@@ -2,8 +2,9 @@
 
 `python -m llmlab.gpucheck --out report.json` pretrains a GPT (bf16, torch.compile, fused
 AdamW, MFU), fine-tunes MiniLM, times 2:4 semi-structured sparsity, load-tests the service with
-batching off and on, all-reduces over NCCL and times generation with a dynamic and a static,
-compiled KV cache. Each check returns measured values and claims; one JSON report (with the
+batching off and on, all-reduces over NCCL, and runs lab 14's generation checks
+(`llmlab.gpucheck_generation`: a dynamic against a static, compiled KV cache; continuous against
+static batching). Each check returns measured values and claims; one JSON report (with the
 machine and its measured matmul peak) and a table come out, and the exit code is 1 when a claim
 fails or a check raises. `--device cpu` skips the CUDA-only checks and runs the others at tiny
 sizes. `tools/gpu-check.sh` runs it on a bare GPU machine without network.
@@ -35,6 +36,7 @@ from llmlab.checkreport import (
 )
 from llmlab.checkreport import run_check as run_isolated
 from llmlab.config import REPO_ROOT, seed_everything
+from llmlab.gpucheck_generation import check_batching, check_generation
 from llmlab.train import TrainConfig, TrainResult, classification_loss, shuffled_batches, train
 
 # MiniLM with bf16 weights (`make gpu-wheels`), for a GPU machine without the packaged model.
@@ -51,7 +53,8 @@ GPU_BUDGET_S = {
     "sparsity24": 30,
     "serve": 75,
     "nccl": 30,
-    "generation": 120,
+    "generation": 90,
+    "batching": 30,
 }
 
 
@@ -282,68 +285,6 @@ def check_nccl(device: str, sizes: Sizes) -> CheckResult:
     return values, claims
 
 
-def _generation_calls(model: Any, prompts: torch.Tensor, sizes: Sizes) -> dict[str, Callable]:
-    """Greedy generate() of one and of `new_tokens` tokens, with a dynamic and a static cache."""
-    mask = torch.ones_like(prompts)
-
-    def generate(new_tokens: int, cache: str | None) -> Callable[[], Any]:
-        return lambda: model.generate(
-            prompts,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,  # every row decodes every token, even past an EOS
-            cache_implementation=cache,
-        )
-
-    return {
-        f"{cache}_{tokens}": generate(tokens, None if cache == "dynamic" else cache)
-        for cache in ("dynamic", "static")
-        for tokens in (1, sizes.new_tokens)
-    }
-
-
-def check_generation(device: str, sizes: Sizes) -> CheckResult:
-    """Lab 14's decoding: prefill and decode tokens/s of generate() with a dynamic KV cache and
-    with a static one, which transformers compiles (CUDA graphs) for the decode steps on CUDA."""
-    from llmlab.bench import time_calls
-    from llmlab.models import build_gpt, gpt_config
-
-    seed_everything(0)
-    cuda = device == "cuda"
-    config = gpt_config(sizes.gpt_profile, vocab_size=sizes.generation_vocab, eos_token_id=0)
-    model = build_gpt(config).to(device, torch.bfloat16 if cuda else torch.float32).eval()
-    model.generation_config.pad_token_id = 0
-    shape = (sizes.generation_batch, sizes.prompt_tokens)
-    prompts = torch.randint(1, sizes.generation_vocab, shape, device=device)
-    calls = _generation_calls(model, prompts, sizes)
-    # Warm-up compiles the static cache's decode step and records its CUDA graphs; the rounds
-    # then interleave the four calls, so a busy moment hits all of them alike.
-    timings = time_calls(calls, repeats=sizes.generation_repeats, warmup=2)
-    seconds = {name: timing.p50 for name, timing in timings.items()}
-    rows, new = sizes.generation_batch, sizes.new_tokens
-    values: dict[str, Any] = {"batch": rows, "prompt": sizes.prompt_tokens, "new_tokens": new}
-    for cache in ("dynamic", "static"):
-        one, all_tokens = seconds[f"{cache}_1"], seconds[f"{cache}_{new}"]
-        values[f"prefill_tokens_per_s_{cache}"] = rows * sizes.prompt_tokens / one
-        values[f"decode_tokens_per_s_{cache}"] = rows * (new - 1) / max(all_tokens - one, 1e-9)
-    values["static_compiled"] = hasattr(model, "_compiled_call")  # transformers' compiled forward
-    decode_ratio = values["decode_tokens_per_s_static"] / values["decode_tokens_per_s_dynamic"]
-    generate_ratio = seconds[f"dynamic_{new}"] / seconds[f"static_{new}"]
-    values |= {"static_decode_speedup": decode_ratio, "static_generate_speedup": generate_ratio}
-    dynamic, static = (calls[f"{cache}_{new}"]() for cache in ("dynamic", "static"))
-    lengths = {dynamic.shape[1], static.shape[1]}
-    claims = [(f"{new} new tokens a row", lengths == {sizes.prompt_tokens + new}, str(lengths))]
-    if len(lengths) == 1:  # bf16 kernels differ between the two, so greedy tokens may too
-        values["same_greedy_tokens"] = (dynamic == static).float().mean().item()
-    if cuda:  # lab 14's claim on the gpu profile, and the decode steps the compile is for
-        name = "static cache + compile generates faster than dynamic (lab 14)"
-        claims.append((name, generate_ratio > 1, f"{generate_ratio:.2f}x"))
-        name = "static cache + compile decodes >= dynamic tokens/s"
-        claims.append((name, decode_ratio >= 1, f"{decode_ratio:.2f}x"))
-    return values, claims
-
-
 CHECKS: dict[str, Callable[[str, Sizes], CheckResult]] = {
     "pretrain": check_pretrain,
     "finetune": check_finetune,
@@ -351,6 +292,7 @@ CHECKS: dict[str, Callable[[str, Sizes], CheckResult]] = {
     "serve": check_serve,
     "nccl": check_nccl,
     "generation": check_generation,
+    "batching": check_batching,
 }
 
 

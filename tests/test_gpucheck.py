@@ -17,7 +17,7 @@ def run(tmp_path: Path, *args: str) -> tuple[int, dict]:
 
 
 def test_cpu_run_trains_for_real_and_skips_the_cuda_only_checks(tmp_path, capsys):
-    checks = ["pretrain", "finetune", "sparsity24", "nccl", "generation"]
+    checks = ["pretrain", "finetune", "sparsity24", "nccl", "generation", "batching"]
     with torch_threads(1):  # tiny matrices: more threads only wait on each other on 2 cores
         code, report = run(tmp_path, "--checks", *checks)
     assert code == 0
@@ -44,6 +44,10 @@ def test_cpu_run_trains_for_real_and_skips_the_cuda_only_checks(tmp_path, capsys
     for cache in ("dynamic", "static"):
         assert generation["values"][f"decode_tokens_per_s_{cache}"] > 0
         assert generation["values"][f"prefill_tokens_per_s_{cache}"] > 0
+    batching = report["checks"]["batching"]
+    assert batching["status"] == "passed", batching
+    assert len(batching["values"]["continuous_throughput_ratios"]) == 3
+    assert batching["values"]["continuous_tokens_per_s"] > 0
     table = capsys.readouterr().out
     assert "pretrain    passed" in table and "nccl        skipped" in table
     assert "float32 matmul peak" in table and "device=cpu" in table
@@ -135,3 +139,19 @@ def test_asking_for_cuda_without_a_gpu_exits_2_without_a_report(tmp_path):
 def test_every_check_has_a_gpu_budget_and_together_they_fit_in_7_minutes():
     assert set(gpucheck.GPU_BUDGET_S) == set(gpucheck.CHECKS)
     assert sum(gpucheck.GPU_BUDGET_S.values()) <= 7 * 60
+
+
+def test_the_batching_check_fails_when_a_scheduler_drops_tokens(monkeypatch):
+    """Catches a continuous scheduler that retires requests early (their tokens cut short)."""
+    from llmlab import batching
+
+    schedule = batching.continuous_batching
+
+    def short(model, trace, max_batch):
+        served = schedule(model, trace, max_batch)
+        served[0].tokens.pop()
+        return served
+
+    monkeypatch.setattr(batching, "continuous_batching", short)
+    values, claims = gpucheck.check_batching("cpu", gpucheck.sizes_for("cpu", quick=True))
+    assert [passed for _, passed, _ in claims] == [False]
