@@ -51,6 +51,7 @@ ALLOWED: dict[str, dict[str, str]] = {
     "14": {
         "the last 10 % held out": "lab 04's validation fraction, a setting",
         "first 90 %.": "lab 04's training fraction, a setting",
+        "vLLM 0.33.0 requires": "a package's version, not a measurement",
     },
     "10": {
         "unluckiest 1%": "the definition of p99",
