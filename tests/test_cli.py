@@ -11,6 +11,21 @@ from llmlab.cli import find_lab, lab_paths, main, parse_value
 from llmlab.environment import apply_environment, read_settings
 
 
+def write_lab(tmp_path, name: str, code: str):
+    """A one-cell lab `name` (after its parameters cell) in tmp_path/labs; returns that folder."""
+    notebook = nbformat.v4.new_notebook()
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["kernelspec"] = kernel
+    notebook.cells = [
+        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code),
+    ]
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    nbformat.write(notebook, labs / f"{name}.ipynb")
+    return labs
+
+
 def test_find_lab_accepts_number_and_name():
     first = lab_paths()[0]
     number = first.stem.split("_")[0]
@@ -55,19 +70,7 @@ def test_save_timings_refuses_parameters(capsys):
 
 
 def test_run_with_save_timings_records_the_wall_time(tmp_path, monkeypatch):
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    notebook.cells = [
-        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import time\ntime.sleep(0.2)"),
-    ]
-    labs = tmp_path / "labs"
-    labs.mkdir()
-    nbformat.write(notebook, labs / "98_sleepy.ipynb")
+    labs = write_lab(tmp_path, "98_sleepy", "import time\ntime.sleep(0.2)")
     timings = tmp_path / "timings.json"
     monkeypatch.setattr(cli, "LABS_DIR", labs)
     monkeypatch.setattr(results, "TIMINGS_PATH", timings)
@@ -109,19 +112,7 @@ def test_llmlab_keeps_tool_state_out_of_home_without_env_sh(tmp_path, monkeypatc
     monkeypatch.setenv("LLMLAB_BUILD_DIR", str(build))
     for setting in read_settings():  # as in a shell that never sourced tools/env.sh
         monkeypatch.delenv(setting.name, raising=False)
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    notebook.cells = [
-        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])"),
-    ]
-    labs = tmp_path / "labs"
-    labs.mkdir()
-    nbformat.write(notebook, labs / "97_plot.ipynb")
+    labs = write_lab(tmp_path, "97_plot", "import matplotlib.pyplot as plt\nplt.plot([1, 2])")
     monkeypatch.setattr(cli, "LABS_DIR", labs)
     assert main(["run", "97", "--profile", "smoke", "--out", str(tmp_path / "out")]) == 0
     assert sorted(home.rglob("*")) == [], "nothing written into $HOME"

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from llmlab.serving.batching import ModelError, QueueFull
 from llmlab.serving.loading import Classifier, ModelCheckError, load_model
 from llmlab.serving.metrics import RequestContext
+from llmlab.serving.probes import add_probes
 from llmlab.serving.schemas import MAX_BODY_BYTES, PredictRequest, PredictResponse, TrafficRequest
 from llmlab.serving.state import ServeConfig, Service
 
@@ -59,7 +60,7 @@ def admin_guard(token: str) -> Callable[..., None]:
     return check
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -84,8 +85,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model) -> FastAPI:
     """The FastAPI app: /predict, /health, /ready, /metrics, /admin/reload, /admin/traffic."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     service = Service(config, load)
 
     @contextlib.asynccontextmanager
@@ -106,7 +105,7 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
     )
     app.state.service = service
     app.add_middleware(RequestContext, metrics=service.metrics)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     admin = Depends(admin_guard(os.environ.get(ADMIN_TOKEN_ENV, "")))
 
     @app.post(
@@ -163,24 +162,7 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
             return _error(500, "the model failed on this request", request)
         return {"variant": variant.name, "predictions": outputs}
 
-    @app.get("/health", responses={503: {"description": "failing: restart this replica"}})
-    async def health() -> JSONResponse:
-        """Liveness: the process answers, the champion loaded (or is loading), workers run."""
-        alive, report = service.health()
-        return JSONResponse(report, status_code=200 if alive else 503)
-
-    @app.get("/ready", responses={503: {"description": "not ready"}})
-    async def ready() -> JSONResponse:
-        """Readiness: models loaded and checked, workers running, no batch past its deadline."""
-        reason = service.not_ready_reason()
-        if reason:
-            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ready", "models": service.versions()})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus text format: requests, latency, batches, queue, predictions, model."""
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_probes(app, service, lambda: {"models": service.versions()}, service.metrics.registry)
 
     @app.post("/admin/reload", dependencies=[admin])
     async def reload(request: Request) -> Any:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
 
-from llmlab.serving.app import _install_error_handlers
+from llmlab.serving.app import install_error_handlers
 from llmlab.serving.batching import QueueFull
 from llmlab.serving.engine import (
     FINISH_REASONS,
@@ -30,6 +30,7 @@ from llmlab.serving.engine import (
     load_language_model,
 )
 from llmlab.serving.manager import BackgroundServer, free_port
+from llmlab.serving.probes import add_probes
 
 log = logging.getLogger("llmlab.generate")
 MAX_NEW_TOKENS = 256
@@ -226,7 +227,7 @@ def create_generate_app(
     config: GenerateConfig, load: Callable[..., LanguageModel] = load_language_model
 ) -> FastAPI:
     """The FastAPI app: POST /generate (SSE), /health, /ready, /metrics."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry
 
     if not 1 <= config.max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}")
@@ -251,7 +252,7 @@ def create_generate_app(
         max_body_size=MAX_BODY_BYTES,
     )
     app.state.service = service
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     @app.post(
         "/generate",
@@ -289,24 +290,7 @@ def create_generate_app(
             return service.refuse(429, f"busy: {error}")
         return EventStream(sse_events(queue), engine, stream)
 
-    @app.get("/health", responses={503: {"description": "failing: restart this replica"}})
-    async def health() -> JSONResponse:
-        """Liveness: the process answers, the model loaded (or is loading), the engine runs."""
-        alive, report = service.health()
-        return JSONResponse(report, status_code=200 if alive else 503)
-
-    @app.get("/ready", responses={503: {"description": "not ready"}})
-    async def ready() -> JSONResponse:
-        """Readiness: the model loaded, its test generation passed, the engine runs."""
-        reason = service.not_ready_reason()
-        if reason:
-            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ready", "model": service.engine.lm.version})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus text: active and queued streams, tokens, shed, cancelled, finish reasons."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    add_probes(app, service, lambda: {"model": service.engine.lm.version}, registry)
 
     return app
 

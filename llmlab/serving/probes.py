@@ -1,0 +1,43 @@
+"""The probes every service of the course answers (labs 10 and 14): liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+
+class Probed(Protocol):
+    """What the probes ask a service: is it alive (and its report), why is it not ready."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def not_ready_reason(self) -> str | None: ...
+
+
+def add_probes(
+    app: FastAPI, service: Probed, ready_details: Callable[[], dict[str, Any]], registry: Any
+) -> None:
+    """GET /health (503: restart me), /ready (503: send no traffic), /metrics (Prometheus)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    @app.get("/health", responses={503: {"description": "failing: restart this replica"}})
+    async def health() -> JSONResponse:
+        """Liveness: the process answers, its model loaded (or is loading), its workers run."""
+        alive, report = service.health()
+        return JSONResponse(report, status_code=200 if alive else 503)
+
+    @app.get("/ready", responses={503: {"description": "not ready"}})
+    async def ready() -> JSONResponse:
+        """Readiness: the model loaded and passed its test inference, the workers run."""
+        reason = service.not_ready_reason()
+        if reason:
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready", **ready_details()})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format: the service's counters, gauges and histograms."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
