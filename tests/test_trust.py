@@ -132,17 +132,32 @@ def test_weighted_average_weights_by_rows():
     assert average.item() == pytest.approx(1.0)
 
 
-def test_federated_average_over_a_one_process_group(tmp_path):
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
+def _average_on_rank(rank: int, store: str, rows: list[int], out: str) -> None:
+    """One client of a 2-rank gloo group: weights all equal to rank + 1, `rows[rank]` rows."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        model = torch.nn.Linear(2, 1)
-        before = [p.detach().clone() for p in model.parameters()]
-        federated.federated_average(model, rows=7)
-        assert all(torch.allclose(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        model = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(rank + 1.0)
+        federated.federated_average(model, rows=rows[rank])
+        values = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.save(values, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def test_federated_average_weights_each_client_by_its_rows(tmp_path):
+    """Two ranks with 3 and 9 rows: every weight becomes (1 * 3 + 2 * 9) / 12 on both. Catches
+    an unweighted mean (1.5), a sum (weights times rows, not divided) and a no-op (1 and 2)."""
+    import torch.multiprocessing as mp
+
+    rows, out = [3, 9], str(tmp_path / "weights")
+    mp.spawn(_average_on_rank, args=(str(tmp_path / "store"), rows, out), nprocs=2, join=True)
+    expected = (1 * rows[0] + 2 * rows[1]) / sum(rows)
+    for rank in range(2):
+        values = torch.load(f"{out}.{rank}")
+        assert torch.allclose(values, torch.full_like(values, expected)), (rank, values)
 
 
 def test_model_card_has_the_sections_people_write(monkeypatch):
