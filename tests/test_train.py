@@ -15,6 +15,7 @@ from llmlab.train import (
     classification_loss,
     evaluate,
     lr_at,
+    make_optimizer,
     run_peak_flops,
     shuffled_batches,
     train,
@@ -294,3 +295,80 @@ def test_the_achievable_matmul_peak_is_measured_and_bounds_a_matmul():
     a @ a
     one_call = 2 * 256**3 / (time.perf_counter() - started)
     assert one_call <= 3 * measured, "the best of several calls must not be far below one call"
+
+
+def one_step(batch_size: int, accum: int, **overrides) -> TinyLM:
+    """TinyLM (no dropout) after one optimizer step on the same 8 shuffled examples."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    model.dropout.p = 0.0
+    config = TrainConfig(
+        max_steps=1,
+        lr=3e-2,
+        warmup_steps=0,
+        grad_accum_steps=accum,
+        log_every=1,
+        device="cpu",
+        progress=False,
+        **overrides,
+    )
+    train(model, shuffled_batches(TokenDataset(8), batch_size=batch_size, seed=1), config)
+    return model
+
+
+def gradients_at_step(monkeypatch, *runs: tuple[int, int]) -> list[list[torch.Tensor]]:
+    """The gradients the optimizer sees at its one step, for each (batch size, accumulation)."""
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for batch_size, accum in runs:
+        one_step(batch_size, accum, grad_clip=None)
+    return seen
+
+
+def test_accumulating_micro_batches_equals_one_large_batch(monkeypatch):
+    """Gradients, not weights (AdamW's update barely changes when every gradient doubles): catches
+    a loss not divided by grad_accum_steps and a zero_grad between micro-batches."""
+    large, accumulated, half = gradients_at_step(monkeypatch, (8, 1), (4, 2), (4, 1))
+    for a, b in zip(large, accumulated, strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(large, half, strict=True))
+
+
+def test_clipping_bounds_the_global_gradient_norm(monkeypatch):
+    """The norm of all gradients together, at the optimizer step, is at most grad_clip."""
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad.norm() for g in self.param_groups for p in g["params"]]
+        seen.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    one_step(8, 1, grad_clip=None)
+    one_step(8, 1, grad_clip=1e-3)
+    unclipped, clipped = seen
+    assert unclipped > 1e-2, "the test needs a gradient larger than the clip"
+    assert clipped <= 1e-3 * (1 + 1e-4), f"clipped norm {clipped:.3g} above 1e-3"
+
+
+def test_weight_decay_spares_biases_and_one_dimensional_parameters():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Embedding(5, 4))
+    groups = make_optimizer(model, TrainConfig(max_steps=1, weight_decay=0.1), "cpu").param_groups
+    decay = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, parameter in model.named_parameters():
+        assert (id(parameter) in decay) == (parameter.dim() >= 2), name
+
+
+def test_bf16_autocast_is_engaged_inside_the_forward():
+    """Catches a precision setting that never enters autocast: activations would stay fp32."""
+    model, batches, _, _ = lm_setup(None)
+    dtypes = []
+    model.hidden.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    config = TrainConfig(max_steps=2, precision="bf16", log_every=1, device="cpu", progress=False)
+    train(model, batches, config)
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
