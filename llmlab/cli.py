@@ -71,7 +71,7 @@ def run(
     """Execute a lab (or all of them) with papermill; the executed notebook lands under runs/."""
     from papermill.exceptions import PapermillExecutionError
 
-    from llmlab.results import machine_description, save_timing
+    from llmlab.results import passed_timing, save_timing
 
     chosen = resolve_profile(profile)
     parameters = {key: parse_value(value) for key, value in param}
@@ -82,7 +82,7 @@ def run(
     build = use_profile(chosen)
     for notebook in notebooks:
         print(f"running {notebook.stem} (profile={chosen}, build dir {build}) -> {out_dir}")
-        started = time.perf_counter()
+        started, started_epoch = time.perf_counter(), time.time()
         try:
             execute_lab(notebook, chosen, parameters, out_dir)
         except PapermillExecutionError as error:
@@ -94,12 +94,36 @@ def run(
                 f"executed notebook with the traceback: {out_dir / notebook.name}", file=sys.stderr
             )
             return 1
-        seconds = time.perf_counter() - started
-        print(f"{notebook.stem} took {seconds:.0f} s")
+        print(f"{notebook.stem} took {time.perf_counter() - started:.0f} s (with kernel start-up)")
         if save_timings:
-            save_timing(notebook.stem[:2], chosen, seconds, machine_description())
+            # The lab's own record (begin_lab to lab_passed, with commit, machine and load).
+            timing = passed_timing(notebook.stem[:2], since=started_epoch)
+            save_timing(notebook.stem[:2], timing, "llmlab run --save-timings")
+            print(f"labs/timings.json: {notebook.stem} {timing['seconds']} s on {chosen}")
     print("all labs passed" if lab == "all" else f"{notebooks[0].stem} passed")
     return 0
+
+
+def timings(args: argparse.Namespace) -> int:
+    """Copy the timing records of the labs that passed in a build dir into labs/timings.json."""
+    from llmlab.config import build_dir
+    from llmlab.results import TIMINGS_PATH, collect_timings, drop_unsourced, timing_problems
+
+    build = args.build_dir or build_dir()
+    collected = collect_timings(build)
+    if not collected:
+        raise FileNotFoundError(f"no passed lab with a timing record in {build / 'results'}")
+    for lab, timing in collected.items():
+        print(f"lab {lab}: {timing['seconds']:7.1f} s on {timing['profile']} ({timing['date']})")
+    if args.drop_unsourced:
+        for entry in drop_unsourced():
+            print(f"dropped lab {entry}: no source record")
+    problems = timing_problems(json.loads(TIMINGS_PATH.read_text()))
+    if problems:
+        print("labs/timings.json has what tests/test_timings.py refuses:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _version(package: str) -> str:
@@ -158,8 +182,14 @@ def serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         timeout_s=args.timeout_s,
         prediction_log=args.prediction_log,
+        index_dir=args.index,
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    try:
+        app = create_app(config)
+    except (OSError, ValueError) as error:  # e.g. an index built by another embedding model
+        print(f"llmlab serve: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -217,9 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "--save-timings",
         action="store_true",
-        help="record each lab's wall time in labs/timings.json (shown on its page)",
+        help="copy each lab's own timing record (begin_lab to lab_passed) to labs/timings.json",
     )
     run_parser.set_defaults(handler=lambda a: run(a.lab, a.profile, a.param, a.out, a.save_timings))
+    timings_parser = commands.add_parser("timings", help="labs/timings.json from the labs' records")
+    timings_commands = timings_parser.add_subparsers(dest="timings_command", required=True)
+    collect_parser = timings_commands.add_parser(
+        "collect", help="copy the timings of the labs that passed in a build dir (e.g. make book's)"
+    )
+    collect_parser.add_argument(
+        "--build-dir", type=Path, help="default: $LLMLAB_BUILD_DIR, else _build (the cpu book's)"
+    )
+    collect_parser.add_argument(
+        "--drop-unsourced",
+        action="store_true",
+        help="also remove entries without a source record (typed in before runs recorded them)",
+    )
+    collect_parser.set_defaults(handler=timings)
     doctor_parser = commands.add_parser(
         "doctor", help="system tools, pins, disk, tool state, versions, device, data"
     )
@@ -244,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-wait-ms", type=float, default=5.0)
     serve_parser.add_argument("--timeout-s", type=float, default=10.0)
     serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
+    serve_parser.add_argument(
+        "--index", type=Path, help="a saved vector index (lab 15): also serve POST /similar"
+    )
     serve_parser.set_defaults(handler=serve)
     lm_parser = commands.add_parser(
         "serve-lm",

@@ -84,7 +84,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model) -> FastAPI:
-    """The FastAPI app: /predict, /health, /ready, /metrics, /admin/reload, /admin/traffic."""
+    """The FastAPI app: /predict, /health, /ready, /metrics, /admin/reload, /admin/traffic,
+    and /similar when `config.index_dir` names a vector index (lab 15)."""
     service = Service(config, load)
 
     @contextlib.asynccontextmanager
@@ -162,7 +163,9 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
             return _error(500, "the model failed on this request", request)
         return {"variant": variant.name, "predictions": outputs}
 
-    add_probes(app, service, lambda: {"models": service.versions()}, service.metrics.registry)
+    add_probes(app, service, service.ready_details, service.metrics.registry)
+    if service.similar:
+        app.include_router(service.similar.router())  # lab 15: POST /similar
 
     @app.post("/admin/reload", dependencies=[admin])
     async def reload(request: Request) -> Any:

@@ -37,6 +37,8 @@ class ServeConfig:
     max_queue: int = 256  # texts waiting per variant; more are shed with a 429
     batch_deadline_s: float | None = None  # a batch running longer: not ready (default timeout_s)
     max_restarts: int = 3  # batch worker restarts before /health fails
+    index_dir: Path | None = None  # lab 15: serve /similar from this saved vector index
+    embedding_model: Path | None = None  # what embeds the queries (default: the packaged MiniLM)
 
 
 @dataclass
@@ -71,6 +73,12 @@ class Service:
         self.state = "loading"  # loading -> serving, or failed (the champion could not serve)
         self.load_errors: dict[str, str] = {}
         self.deadline_s = config.batch_deadline_s or config.timeout_s
+        self.similar = None
+        if config.index_dir:
+            from llmlab.serving.similar import SimilarSearch
+
+            # Checked here, before the server starts: an index of another model must not serve.
+            self.similar = SimilarSearch(config.index_dir, config.embedding_model)
 
     async def _load(self, reference: str, expected_labels: list[str] | None = None) -> Classifier:
         # Loading runs in a thread so the event loop keeps answering while a new model loads.
@@ -85,6 +93,8 @@ class Service:
         if self.config.prediction_log:
             Path(self.config.prediction_log).parent.mkdir(parents=True, exist_ok=True)
             self.log_file = open(self.config.prediction_log, "a")  # closed in stop()
+        if self.similar:
+            await self.similar.start()
         references = {"champion": self.config.model}
         if self.config.challenger:
             references["challenger"] = self.config.challenger
@@ -139,7 +149,10 @@ class Service:
             for name, variant in self.variants.items()
         }
         alive = self.state != "failed" and all(worker["alive"] for worker in workers.values())
+        if self.similar:
+            alive = alive and self.similar.state != "failed"
         report = {"status": "ok" if alive else "failing", "state": self.state, "workers": workers}
+        report |= {"index": self.similar.report()} if self.similar else {}
         return alive, report | ({"load_errors": self.load_errors} if self.load_errors else {})
 
     def not_ready_reason(self) -> str | None:
@@ -153,7 +166,13 @@ class Service:
             if busy > self.deadline_s:
                 deadline = f"past the {self.deadline_s:g} s deadline"
                 return f"{name} batch running for {busy:.1f} s, {deadline}"
-        return None
+        return self.similar.not_ready_reason() if self.similar else None
+
+    def ready_details(self) -> dict[str, Any]:
+        """What /ready reports: the served model versions, and the vector index if any."""
+        return {"models": self.versions()} | (
+            {"index": self.similar.report()} if self.similar else {}
+        )
 
     def versions(self) -> dict[str, str]:
         """Model version served by each variant."""
