@@ -1,14 +1,14 @@
-"""The pieces of `llmlab.train.train`: position, early stopping, throughput meter, one step."""
+"""The pieces of `llmlab.train.train`: its configuration, position, early stopping, one step."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +18,61 @@ from llmlab.batches import Batch, BatchSource, check_resumable, count_tokens, to
 from llmlab.checkpoints import atomic_dir, clear_partial_writes, load_weights, save_weights, unwrap
 from llmlab.flops import mfu
 
-if TYPE_CHECKING:
-    from llmlab.train import Run, TrainConfig
+PRECISIONS = ("auto", "bf16", "fp32")
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; steps count optimizer updates, not micro-batches."""
+
+    max_steps: int = 100
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_accum_steps: int = 1
+    grad_clip: float | None = 1.0
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_batches: int | None = None  # None: the whole validation set
+    log_every: int = 10
+    compile: bool = False
+    device: str = "auto"
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
+    resume: bool = True  # continue from the newest checkpoint in checkpoint_dir
+    seed: int = 0
+    early_stopping_metric: str | None = None  # e.g. "val_loss" or "val_accuracy"
+    early_stopping_mode: str = "min"
+    patience: int | None = None  # evaluations without improvement before stopping
+    restore_best: bool = False  # load the best-evaluated weights at the end
+    stop_after_steps: int | None = None  # simulate a crash: raise SimulatedCrash after this step
+    peak_flops: float | None = None  # override the GPU peak used for MFU
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.early_stopping_mode not in ("min", "max"):
+            raise ValueError(f"early_stopping_mode must be min or max: {self.early_stopping_mode}")
+        if self.max_steps < 1 or self.grad_accum_steps < 1 or self.log_every < 1:
+            raise ValueError("max_steps, grad_accum_steps and log_every must be >= 1")
+        if self.patience is not None and self.early_stopping_metric is None:
+            raise ValueError("patience needs early_stopping_metric (e.g. 'val_loss')")
+
+
+@dataclass
+class Run:
+    """What stays fixed during a run: its configuration and how to compute and evaluate."""
+
+    config: TrainConfig
+    loss_fn: LossFn
+    autocast: torch.autocast
+    tokens_per_batch: int | None
+    val_batches: Iterable[Batch] | None
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None
 
 
 def is_main_process() -> bool:

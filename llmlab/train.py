@@ -28,58 +28,17 @@ from llmlab.config import pick_device, seed_everything
 from llmlab.flops import peak_flops
 from llmlab.loop import (
     EarlyStopping,
+    LossFn,
     Meter,
     Position,
+    Run,
+    TrainConfig,
     any_rank,
     barrier,
     checkpoint_folder,
     is_main_process,
     optimizer_step,
 )
-
-PRECISIONS = ("auto", "bf16", "fp32")
-LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; steps count optimizer updates, not micro-batches."""
-
-    max_steps: int = 100
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_accum_steps: int = 1
-    grad_clip: float | None = 1.0
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_batches: int | None = None  # None: the whole validation set
-    log_every: int = 10
-    compile: bool = False
-    device: str = "auto"
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
-    checkpoint_dir: str | Path | None = None
-    checkpoint_every: int = 0  # 0: only at the end (when checkpoint_dir is set)
-    resume: bool = True  # continue from the newest checkpoint in checkpoint_dir
-    seed: int = 0
-    early_stopping_metric: str | None = None  # e.g. "val_loss" or "val_accuracy"
-    early_stopping_mode: str = "min"
-    patience: int | None = None  # evaluations without improvement before stopping
-    restore_best: bool = False  # load the best-evaluated weights at the end
-    stop_after_steps: int | None = None  # simulate a crash: raise SimulatedCrash after this step
-    peak_flops: float | None = None  # override the GPU peak used for MFU
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.early_stopping_mode not in ("min", "max"):
-            raise ValueError(f"early_stopping_mode must be min or max: {self.early_stopping_mode}")
-        if self.max_steps < 1 or self.grad_accum_steps < 1 or self.log_every < 1:
-            raise ValueError("max_steps, grad_accum_steps and log_every must be >= 1")
-        if self.patience is not None and self.early_stopping_metric is None:
-            raise ValueError("patience needs early_stopping_metric (e.g. 'val_loss')")
 
 
 @dataclass
@@ -217,33 +176,22 @@ def _uses_bf16(precision: str, device_type: str) -> bool:
     return precision == "bf16" or (precision == "auto" and device_type == "cuda")
 
 
-# ---------------------------------------------------------------- distributed helpers
+# ---------------------------------------------------------------- evaluation during a run
 
 
-@dataclass
-class Run:
-    """What stays fixed during a run: its configuration and how to compute and evaluate."""
-
-    config: TrainConfig
-    loss_fn: LossFn
-    autocast: torch.autocast
-    tokens_per_batch: int | None
-    val_batches: Iterable[Batch] | None
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None
-
-    def evaluate(self, model: nn.Module, step_model: nn.Module) -> dict[str, float]:
-        """Validation loss (from val_batches) and eval_fn's metrics, in eval mode."""
-        metrics: dict[str, float] = {}
-        step_model.eval()
-        with torch.no_grad(), self.autocast:
-            if self.val_batches is not None:
-                metrics["val_loss"] = evaluate(
-                    step_model, self.val_batches, self.loss_fn, self.config.eval_batches
-                )
-            if self.eval_fn is not None:
-                metrics.update(self.eval_fn(model))
-        step_model.train()
-        return metrics
+def evaluate_run(run: Run, model: nn.Module, step_model: nn.Module) -> dict[str, float]:
+    """Validation loss (from val_batches) and eval_fn's metrics, in eval mode."""
+    metrics: dict[str, float] = {}
+    step_model.eval()
+    with torch.no_grad(), run.autocast:
+        if run.val_batches is not None:
+            metrics["val_loss"] = evaluate(
+                step_model, run.val_batches, run.loss_fn, run.config.eval_batches
+            )
+        if run.eval_fn is not None:
+            metrics.update(run.eval_fn(model))
+    step_model.train()
+    return metrics
 
 
 def train(
@@ -326,7 +274,7 @@ def train(
             if (
                 config.eval_every and at.step % config.eval_every == 0
             ) or at.step == config.max_steps:
-                final_metrics = run.evaluate(model, step_model)
+                final_metrics = evaluate_run(run, model, step_model)
                 row.update(final_metrics)
                 patience_over = stopper.update(final_metrics, at.step, model, folder)
                 stopped_early = any_rank(patience_over, device)
