@@ -1,4 +1,4 @@
-"""`make gpu-check`'s report: the machine it ran on, each check run on its own, the JSON, the table.
+"""`make gpu-check`'s sizes and report: the machine, each check run on its own, the JSON, the table.
 
 `llmlab.gpucheck` holds the checks themselves; this module runs one so that a skip, a raise or
 a failed claim is recorded with its traceback and the next check still runs.
@@ -13,6 +13,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,39 @@ import torch
 Claim = tuple[str, bool, str]
 MACHINE_KEYS = ("device", "gpu", "capability", "driver", "python", "torch", "cuda", "transformers")
 CheckResult = tuple[dict[str, Any], list[Claim]]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each check does: full on a GPU, tiny on a CPU, a handful with --quick."""
+
+    gpt_profile: str  # model size from llmlab.models.GPT_SIZES
+    gpt_batch: int
+    pretrain_steps: int
+    finetune_rows: int
+    finetune_batch: int
+    finetune_steps: int
+    max_length: int  # tokens per text when fine-tuning and serving
+    serve_clients: int
+    serve_seconds: float
+    generation_vocab: int  # the generation check's GPT has gpt_profile's shape and this vocabulary
+    generation_batch: int
+    prompt_tokens: int
+    new_tokens: int
+    generation_repeats: int
+
+
+def sizes_for(device: str, quick: bool = False) -> Sizes:
+    """The sizes for `device` (cuda or cpu); `quick` shrinks steps and load to a handful."""
+    if device == "cuda":  # lab 04's gpu model, lab 05's max_length, lab 10's concurrency
+        sizes = Sizes("gpu", 16, 60, 200, 32, 30, 64, 32, 10.0, 50257, 8, 256, 128, 5)
+    else:
+        sizes = Sizes("smoke", 8, 30, 32, 8, 8, 32, 4, 3.0, 256, 2, 16, 8, 3)
+    if not quick:
+        return sizes
+    return replace(
+        sizes, pretrain_steps=6, finetune_steps=4, serve_seconds=1.0, generation_repeats=2
+    )
 
 
 class Skipped(Exception):

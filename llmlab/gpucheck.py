@@ -19,7 +19,6 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,12 @@ import torch
 from llmlab.checkreport import (
     CheckResult,
     Claim,
+    Sizes,
     Skipped,
     format_table,
     machine_info,
     matmul_peak,
+    sizes_for,
     write_report,
 )
 from llmlab.checkreport import run_check as run_isolated
@@ -56,39 +57,6 @@ GPU_BUDGET_S = {
     "generation": 90,
     "batching": 30,
 }
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much work each check does: full on a GPU, tiny on a CPU, a handful with --quick."""
-
-    gpt_profile: str  # model size from llmlab.models.GPT_SIZES
-    gpt_batch: int
-    pretrain_steps: int
-    finetune_rows: int
-    finetune_batch: int
-    finetune_steps: int
-    max_length: int  # tokens per text when fine-tuning and serving
-    serve_clients: int
-    serve_seconds: float
-    generation_vocab: int  # the generation check's GPT has gpt_profile's shape and this vocabulary
-    generation_batch: int
-    prompt_tokens: int
-    new_tokens: int
-    generation_repeats: int
-
-
-def sizes_for(device: str, quick: bool = False) -> Sizes:
-    """The sizes for `device` (cuda or cpu); `quick` shrinks steps and load to a handful."""
-    if device == "cuda":  # lab 04's gpu model, lab 05's max_length, lab 10's concurrency
-        sizes = Sizes("gpu", 16, 60, 200, 32, 30, 64, 32, 10.0, 50257, 8, 256, 128, 5)
-    else:
-        sizes = Sizes("smoke", 8, 30, 32, 8, 8, 32, 4, 3.0, 256, 2, 16, 8, 3)
-    if not quick:
-        return sizes
-    return replace(
-        sizes, pretrain_steps=6, finetune_steps=4, serve_seconds=1.0, generation_repeats=2
-    )
 
 
 def _short_run(steps: int, device: str, **knobs: Any) -> TrainConfig:

@@ -11,8 +11,7 @@ import torch
 from llmlab.config import seed_everything
 
 if TYPE_CHECKING:
-    from llmlab.checkreport import CheckResult
-    from llmlab.gpucheck import Sizes
+    from llmlab.checkreport import CheckResult, Sizes
 
 BATCHING_REQUESTS, BATCHING_MAX_BATCH, BATCHING_ROUNDS = 48, 8, 3
 
