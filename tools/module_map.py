@@ -53,7 +53,7 @@ BUILT_IN = {
     "vectorindex": "15",
 }
 INFRASTRUCTURE = {
-    "checkreport": "`make gpu-check`'s report",
+    "checkreport": "`make gpu-check`'s sizes and report",
     "cli": "the `llmlab` command",
     "doctor": "`llmlab doctor`",
     "environment": "tool state out of `$HOME`",
