@@ -35,6 +35,9 @@ def execute_lab(
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["LLMLAB_EXECUTED_BY"] = (
+        "llmlab run (papermill)"  # the kernel's timing record says so
+    )
     output = out_dir / notebook.name
     params = {"profile": profile, **parameters}
     (out_dir / f"{notebook.stem}.parameters.json").write_text(json.dumps(params, indent=2))

@@ -9,12 +9,10 @@ from llmlab.results import (
     UpstreamLabError,
     begin_lab,
     lab_passed,
-    lab_timings,
     load_results,
     record,
     require_lab,
     results_path,
-    save_timing,
 )
 
 
@@ -35,28 +33,6 @@ def test_record_refuses_non_finite_values():
 def test_load_results_of_a_lab_that_never_ran():
     with pytest.raises(FileNotFoundError, match="llmlab run 42"):
         load_results("42")
-
-
-def test_save_timing_keeps_other_labs_and_profiles(tmp_path):
-    path = tmp_path / "timings.json"
-    save_timing("01", "smoke", 12.34, "2 CPU cores", path)
-    save_timing("01", "cpu", 95.0, "2 CPU cores", path)
-    save_timing("02", "smoke", 3725.0, "H100, 16 CPU cores", path)
-    save_timing("01", "smoke", 14.0, "2 CPU cores", path)
-    saved = json.loads(path.read_text())
-    assert saved["01"]["smoke"]["seconds"] == 14.0 and saved["01"]["cpu"]["seconds"] == 95.0
-    table = lab_timings("01", path)
-    assert list(table.index) == ["smoke", "cpu", "gpu"]
-    assert list(table["wall time"]) == ["14 s", "1 min 35 s", "not measured yet"]
-    assert lab_timings("02", path).loc["smoke", "wall time"] == "1 h 2 min"
-
-
-@pytest.mark.parametrize(("profile", "seconds"), [("huge", 1.0), ("cpu", 0.0), ("cpu", -1.0)])
-def test_save_timing_refuses_nonsense(tmp_path, profile, seconds):
-    path = tmp_path / "timings.json"
-    with pytest.raises(ValueError):
-        save_timing("01", profile, seconds, "2 CPU cores", path)
-    assert not path.exists()
 
 
 def test_a_later_lab_uses_only_a_passed_run_of_the_same_profile():
