@@ -183,6 +183,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         prediction_log=args.prediction_log,
         index_dir=args.index,
+        embedding_model=args.embedding_model,
     )
     try:
         app = create_app(config)
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--prediction-log", type=Path, help="append predictions as JSONL")
     serve_parser.add_argument(
         "--index", type=Path, help="a saved vector index (lab 15): also serve POST /similar"
+    )
+    serve_parser.add_argument(
+        "--embedding-model", type=Path, help="what built the index (default: the packaged MiniLM)"
     )
     serve_parser.set_defaults(handler=serve)
     lm_parser = commands.add_parser(

@@ -1,0 +1,171 @@
+"""POST /similar (lab 15) on a tiny random encoder: nearest rows sorted by score, 422 for bad
+input, probes that report the index, and a service that refuses an index of another model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from serving_helpers import running
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from llmlab.cli import main
+from llmlab.embeddings import embed, load_embedding_model, model_version
+from llmlab.serve import ServeConfig, create_app
+from llmlab.serving.similar import SimilarResponse
+from llmlab.text import pretrained_model_dir
+from llmlab.vectorindex import IndexVersionError, VectorIndex
+
+SENTENCES = [
+    "the picture is black and white",
+    "no sound from the left speaker",
+    "the remote control stopped working",
+    "great value, works as described",
+    "returned it after two days",
+    "setup took five minutes",
+    "the screen flickers at night",
+    "customer support never called back",
+]
+
+
+def save_tiny_encoder(path: Path, seed: int) -> Path:
+    """A one-layer random BERT encoder (no head) with the packaged MiniLM tokenizer."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(pretrained_model_dir()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> dict[str, Path]:
+    """A tiny encoder, an index of SENTENCES built with it, and one built by another encoder."""
+    root = tmp_path_factory.mktemp("similar")
+    paths = {"model": models["v1"]}
+    for seed, name in enumerate(("encoder", "other_encoder")):
+        encoder = paths[name] = save_tiny_encoder(root / name, seed)
+        vectors = embed(SENTENCES, *load_embedding_model(encoder))
+        rows = [{"text": t, "label": f"l{i % 3}", "source_id": i} for i, t in enumerate(SENTENCES)]
+        index = VectorIndex.build(vectors, rows, model_version(encoder), kind="flat")
+        paths[f"{name}_index"] = index.save(root / f"{name}_index")
+    return paths
+
+
+def config(setup: dict[str, Path], index: str = "encoder_index") -> ServeConfig:
+    """The tiny classifier, with /similar from `index` and queries embedded by the encoder."""
+    return ServeConfig(
+        model=str(setup["model"]), index_dir=setup[index], embedding_model=setup["encoder"]
+    )
+
+
+@pytest.fixture(scope="module")
+def client(setup: dict[str, Path]) -> TestClient:
+    """The service with /similar, loaded."""
+    with running(create_app(config(setup))) as client:
+        yield client
+
+
+def test_similar_returns_k_rows_nearest_first_itself_on_top(client: TestClient) -> None:
+    """A saved sentence's nearest row is itself (score 1); k rows come back, scores falling."""
+    for k, sentence in [(3, SENTENCES[2]), (5, SENTENCES[6]), (8, SENTENCES[0])]:
+        response = client.post("/similar", json={"text": sentence, "k": k})
+        assert response.status_code == 200, response.text
+        body = SimilarResponse.model_validate(response.json())
+        scores = [result.score for result in body.results]
+        assert len(body.results) == k and body.index_rows == len(SENTENCES)
+        assert body.results[0].text == sentence and abs(scores[0] - 1) < 1e-4
+        assert scores == sorted(scores, reverse=True)
+    default = client.post("/similar", json={"text": "flickering screen"}).json()
+    assert len(default["results"]) == 5 and set(default["results"][0]) == {
+        "text",
+        "label",
+        "source_id",
+        "score",
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": ""},
+        {"text": "   "},
+        {"text": "x" * 1001},
+        {"text": "hi", "k": 0},
+        {"text": "hi", "k": 51},
+        {"text": "hi", "k": "5"},
+        {"k": 5},
+        {"text": "hi", "extra": 1},
+    ],
+)
+def test_bad_input_gets_422_in_the_service_error_shape(client: TestClient, body: dict) -> None:
+    """Empty, blank or too long text, k out of 1..50 or not an int, a missing or unknown field."""
+    response = client.post("/similar", json=body)
+    assert response.status_code == 422
+    assert all(set(problem) == {"loc", "msg", "type"} for problem in response.json()["detail"])
+
+
+def test_text_that_is_not_unicode_gets_422(client: TestClient) -> None:
+    """A lone UTF-16 surrogate is refused with the same shape, never a 500."""
+    response = client.post("/similar", content=b'{"text": "lone \\ud800"}')
+    assert response.status_code == 422
+    assert all(set(problem) == {"loc", "msg", "type"} for problem in response.json()["detail"])
+
+
+def test_probes_and_schema_describe_the_index(client: TestClient, setup: dict[str, Path]) -> None:
+    """/health and /ready say the index is loaded and how many rows it has; the published schema
+    bounds k to 1..50 and declares the response body /similar returns."""
+    version = model_version(setup["encoder"])
+    for probe in ("/health", "/ready"):
+        index = client.get(probe).json()["index"]
+        assert index["loaded"] and index["rows"] == len(SENTENCES)
+        assert index["model_version"] == version
+    schema = client.get("/openapi.json").json()
+    request = schema["components"]["schemas"]["SimilarRequest"]["properties"]["k"]
+    assert (request["minimum"], request["maximum"], request["default"]) == (1, 50, 5)
+    answer = schema["paths"]["/similar"]["post"]["responses"]["200"]["content"]
+    assert answer["application/json"]["schema"]["$ref"].endswith("/SimilarResponse")
+    assert client.post("/similar", json={"text": "hi"}).json()["model_version"] == version
+
+
+def test_an_index_of_another_model_is_refused_at_start(setup: dict[str, Path]) -> None:
+    """The service's version check: this test fails if the check at start is removed (the
+    tiny encoders have the same dimension, so the wrong index would load and answer)."""
+    wrong = config(setup, "other_encoder_index")
+    with pytest.raises(IndexVersionError) as refused:
+        create_app(wrong)
+    assert model_version(setup["other_encoder"]) in str(refused.value)
+    assert model_version(setup["encoder"]) in str(refused.value)
+
+
+def test_llmlab_serve_exits_with_the_reason(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llmlab serve --index` with an index of another model exits 2 and says why."""
+    monkeypatch.setattr(
+        "llmlab.embeddings.pretrained_model_dir", lambda: setup["encoder"], raising=False
+    )
+    monkeypatch.setattr("llmlab.text.pretrained_model_dir", lambda: setup["encoder"])
+    command = [
+        "serve",
+        "--model",
+        str(setup["model"]),
+        "--index",
+        str(setup["other_encoder_index"]),
+    ]
+    assert main(command) == 2
+    assert "rebuild the index" in capsys.readouterr().err
+
+
+def test_without_an_index_there_is_no_similar_route(setup: dict[str, Path]) -> None:
+    """/similar exists only when the service is given an index."""
+    app = create_app(ServeConfig(model=str(setup["model"])))
+    assert "/similar" not in app.openapi()["paths"]
+    assert "/similar" in create_app(config(setup)).openapi()["paths"]
