@@ -177,6 +177,27 @@ def _auc(members: np.ndarray, non_members: np.ndarray) -> np.ndarray:
     return (ranks[:, :m].sum(1) - m * (m + 1) / 2) / (m * n)
 
 
+def _resampled_rows(
+    n_members: int, n_others: int, n_resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap row indices for members and non-members (resampled apart, same for any model)."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, n_members, (n_resamples, n_members)),
+        rng.integers(0, n_others, (n_resamples, n_others)),
+    )
+
+
+def _attack_aucs(
+    member_losses: Sequence[float],
+    non_member_losses: Sequence[float],
+    rows: tuple[np.ndarray, np.ndarray],
+) -> tuple[float, np.ndarray]:
+    """The attack's AUC on all rows and on each resample of `rows` (low loss -> member)."""
+    members, others = -np.asarray(member_losses, float), -np.asarray(non_member_losses, float)
+    return float(_auc(members[None], others[None])[0]), _auc(members[rows[0]], others[rows[1]])
+
+
 def membership_auc(
     member_losses: Sequence[float],
     non_member_losses: Sequence[float],
@@ -188,17 +209,31 @@ def membership_auc(
 
     0.5 means the attacker cannot tell training rows from others; 1.0 means it always can.
     """
-    members, others = -np.asarray(member_losses, float), -np.asarray(non_member_losses, float)
-    rng = np.random.default_rng(seed)
-    picked_members = members[rng.integers(0, len(members), (n_resamples, len(members)))]
-    picked_others = others[rng.integers(0, len(others), (n_resamples, len(others)))]
-    samples = _auc(picked_members, picked_others)
+    rows = _resampled_rows(len(member_losses), len(non_member_losses), n_resamples, seed)
+    value, samples = _attack_aucs(member_losses, non_member_losses, rows)
     low, high = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {
-        "value": float(_auc(members[None], others[None])[0]),
-        "low": float(low),
-        "high": float(high),
-    }
+    return {"value": value, "low": float(low), "high": float(high)}
+
+
+def paired_membership_auc(
+    losses_a: tuple[Sequence[float], Sequence[float]],
+    losses_b: tuple[Sequence[float], Sequence[float]],
+    confidence: float = 0.95,
+    n_resamples: int = 500,
+    seed: int = 0,
+) -> dict[str, float]:
+    """AUC(b) - AUC(a) of the attack on the same rows, with a paired bootstrap interval.
+
+    Each of `losses_a`, `losses_b` is (member losses, non-member losses) of one model on the same
+    rows; every resample draws the same rows for both models, as `metrics.paired_bootstrap` does.
+    """
+    if [len(x) for x in losses_a] != [len(x) for x in losses_b]:
+        raise ValueError("both models must be scored on the same members and non-members")
+    rows = _resampled_rows(len(losses_a[0]), len(losses_a[1]), n_resamples, seed)
+    value_a, samples_a = _attack_aucs(*losses_a, rows)
+    value_b, samples_b = _attack_aucs(*losses_b, rows)
+    low, high = np.quantile(samples_b - samples_a, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"difference": value_b - value_a, "low": float(low), "high": float(high)}
 
 
 # ---------------------------------------------------------------- slices

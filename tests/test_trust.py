@@ -87,6 +87,24 @@ def test_membership_auc_matches_sklearn_and_its_extremes():
     assert trust.membership_auc([1.0, 1.0], [1.0, 1.0])["value"] == 0.5
 
 
+def test_paired_membership_auc_is_the_difference_with_an_interval_of_the_same_rows():
+    rng = np.random.default_rng(0)
+    others = rng.normal(1.0, 0.3, 300)
+    leaky, private = (rng.normal(0.6, 0.3, 200), others), (rng.normal(0.97, 0.3, 200), others)
+    gap = trust.paired_membership_auc(leaky, private)
+    expected = trust.membership_auc(*private)["value"] - trust.membership_auc(*leaky)["value"]
+    assert gap["difference"] == pytest.approx(expected)
+    assert gap["low"] < gap["difference"] < gap["high"] < 0  # less leak, and the interval shows it
+    same = trust.paired_membership_auc(leaky, leaky)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}  # same rows: no noise at all
+    # A nearly equal pair: the paired interval is far narrower than one model's own.
+    close = trust.paired_membership_auc(private, (private[0] + rng.normal(0, 0.02, 200), others))
+    single = trust.membership_auc(*private)
+    assert close["high"] - close["low"] < single["high"] - single["low"]
+    with pytest.raises(ValueError):
+        trust.paired_membership_auc(leaky, (leaky[0][:10], others))
+
+
 def test_slice_accuracy_and_largest_gap():
     correct = [1] * 90 + [0] * 10 + [1] * 50 + [0] * 50
     slices = ["a"] * 100 + ["b"] * 100
