@@ -8,21 +8,37 @@ import hmac
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmlab.serving.batching import ModelError, QueueFull
 from llmlab.serving.loading import Classifier, ModelCheckError, load_model
 from llmlab.serving.metrics import RequestContext
 from llmlab.serving.probes import add_probes
-from llmlab.serving.schemas import MAX_BODY_BYTES, PredictRequest, PredictResponse, TrafficRequest
+from llmlab.serving.schemas import (
+    MAX_BODY_BYTES,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    TrafficRequest,
+    TrafficResponse,
+    error_responses,
+)
 from llmlab.serving.state import ServeConfig, Service
 
 log = logging.getLogger("llmlab.serve")
 ADMIN_TOKEN_ENV = "LLMLAB_ADMIN_TOKEN"
 RETRY_AFTER_S = 1
+# Declared as the schema's security scheme, so clients (and the contract fuzzer) know the routes
+# need it; the guard below answers for a missing or wrong token itself (401 and 403).
+BEARER = HTTPBearer(auto_error=False, description=f"the admin token, as set in {ADMIN_TOKEN_ENV}")
+ADMIN_ERRORS = {
+    401: "no admin token (Authorization: Bearer)",
+    403: f"a wrong admin token, or admin routes disabled ({ADMIN_TOKEN_ENV} unset)",
+}
 
 
 def _error(status: int, detail: Any, request: Request, **headers: str) -> JSONResponse:
@@ -48,13 +64,12 @@ def admin_guard(token: str) -> Callable[..., None]:
     """A dependency: `Authorization: Bearer <token>` matching `token` (compared in constant
     time); 401 without credentials, 403 for a wrong one or when no token is configured."""
 
-    def check(authorization: str | None = Header(None)) -> None:
+    def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         if not token:
             raise HTTPException(403, f"admin routes are disabled: set {ADMIN_TOKEN_ENV}")
-        if not authorization or not authorization.startswith("Bearer "):
+        if credentials is None:
             raise HTTPException(401, "admin token required", {"WWW-Authenticate": "Bearer"})
-        given = authorization.removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.encode()):
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(403, "wrong admin token")
 
     return check
@@ -112,13 +127,17 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses={
-            422: {"description": "invalid input, or a text the tokenizer cannot encode"},
-            429: {"description": "queue full: retry after Retry-After seconds"},
-            500: {"description": "the model failed on this request (body: request id)"},
-            503: {"description": "not ready (loading, hung or dead worker)"},
-            504: {"description": "the model did not answer in time"},
-        },
+        responses=error_responses(
+            {
+                400: "the body is not JSON, or not UTF-8",
+                413: f"the body is over {MAX_BODY_BYTES} bytes",
+                422: "invalid input, or a text the tokenizer cannot encode (a lone surrogate)",
+                429: "queue full: retry after Retry-After seconds",
+                500: "the model failed on this request (body: request id)",
+                503: "not ready (loading, hung or dead worker)",
+                504: "the model did not answer in time",
+            }
+        ),
     )
     async def predict(body: PredictRequest, request: Request) -> Any:
         """Classify one text or a batch; concurrent requests share forward passes."""
@@ -167,7 +186,14 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
     if service.similar:
         app.include_router(service.similar.router())  # lab 15: POST /similar
 
-    @app.post("/admin/reload", dependencies=[admin])
+    reload_errors = {409: "the new models failed their check", 500: "the reload failed"}
+
+    @app.post(
+        "/admin/reload",
+        dependencies=[admin],
+        response_model=ModelsResponse,
+        responses=error_responses(ADMIN_ERRORS | reload_errors),
+    )
     async def reload(request: Request) -> Any:
         """Re-resolve the aliases (e.g. after a promotion), check the new models on known
         inputs, swap them in, no downtime; on any failure the old models keep serving."""
@@ -180,7 +206,19 @@ def create_app(config: ServeConfig, load: Callable[..., Classifier] = load_model
                 return JSONResponse({"detail": f"{message}: {error}"}, status_code=409)
             return _error(500, message, request)
 
-    @app.put("/admin/traffic", dependencies=[admin])
+    traffic_errors = {
+        400: "the body is not JSON, or not UTF-8",
+        409: "no challenger is loaded",
+        413: f"the body is over {MAX_BODY_BYTES} bytes",
+        422: "not a fraction between 0 and 1",
+    }
+
+    @app.put(
+        "/admin/traffic",
+        dependencies=[admin],
+        response_model=TrafficResponse,
+        responses=error_responses(ADMIN_ERRORS | traffic_errors),
+    )
     async def traffic(body: TrafficRequest) -> dict[str, float]:
         """Set the share of requests the challenger answers (A/B test)."""
         if "challenger" not in service.variants:

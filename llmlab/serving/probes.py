@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict
 
 
 class Probed(Protocol):
@@ -17,19 +18,36 @@ class Probed(Protocol):
     def not_ready_reason(self) -> str | None: ...
 
 
+class Health(BaseModel):
+    """/health's report: `ok` or `failing`, and what the service adds (state, workers, errors)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str
+
+
+class Readiness(BaseModel):
+    """/ready's answer: `ready` with what is served, or `not ready` and why."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str
+    reason: str | None = None
+
+
 def add_probes(
     app: FastAPI, service: Probed, ready_details: Callable[[], dict[str, Any]], registry: Any
 ) -> None:
     """GET /health (503: restart me), /ready (503: send no traffic), /metrics (Prometheus)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    @app.get("/health", responses={503: {"description": "failing: restart this replica"}})
+    failing = {"model": Health, "description": "failing: restart this replica"}
+
+    @app.get("/health", response_model=Health, responses={503: failing})
     async def health() -> JSONResponse:
         """Liveness: the process answers, its model loaded (or is loading), its workers run."""
         alive, report = service.health()
         return JSONResponse(report, status_code=200 if alive else 503)
 
-    @app.get("/ready", responses={503: {"description": "not ready"}})
+    @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
     async def ready() -> JSONResponse:
         """Readiness: the model loaded and passed its test inference, the workers run."""
         reason = service.not_ready_reason()
@@ -37,7 +55,7 @@ def add_probes(
             return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", **ready_details()})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text format: the service's counters, gauges and histograms."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
