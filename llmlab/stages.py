@@ -90,11 +90,14 @@ def _splits(params: dict[str, Any]) -> dict[str, pd.DataFrame]:
 def stage_train(params: dict[str, Any]) -> str:
     """Train the profile's small classifier on the train split; save it with safetensors."""
     import torch
+    from torch.utils.data import StackDataset
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from llmlab import data
     from llmlab.config import seed_everything
     from llmlab.text import pretrained_model_dir
+    from llmlab.train import TrainConfig, classification_loss, shuffled_batches
+    from llmlab.train import train as fit
 
     seed_everything(int(params["seed"]))
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -121,23 +124,26 @@ def stage_train(params: dict[str, Any]) -> str:
         return_tensors="pt",
     )
     targets = torch.tensor([labels.index(label) for label in frame.label])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(train["lr"]))
-    generator = torch.Generator().manual_seed(int(params["seed"]))
-    model.train()
-    for _ in range(size["epochs"]):
-        for rows in torch.randperm(len(frame), generator=generator).split(train["batch_size"]):
-            loss = model(
-                input_ids=encoded["input_ids"][rows],
-                attention_mask=encoded["attention_mask"][rows],
-                labels=targets[rows],
-            ).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    rows = StackDataset(
+        input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"], labels=targets
+    )
+    steps = size["epochs"] * (len(frame) // train["batch_size"])
+    config = TrainConfig(
+        max_steps=steps,
+        lr=float(train["lr"]),
+        warmup_steps=max(1, steps // 10),
+        log_every=max(1, steps // 5),
+        device="cpu",
+        seed=int(params["seed"]),
+        progress=False,
+    )
+    batches = shuffled_batches(rows, train["batch_size"], seed=int(params["seed"]))
+    result = fit(model, batches, config, loss_fn=classification_loss)
+    loss = result.history["train_loss"].dropna().iloc[-1]
     out = build(params) / "model"
     model.eval().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    return f"{len(frame)} rows, {size['epochs']} epochs, last batch loss {loss.item():.3f}"
+    return f"{len(frame)} rows, {size['epochs']} epochs ({steps} steps), last loss {loss:.3f}"
 
 
 def _predict(model_dir: Path, texts: list[str], backend: str = "auto") -> list[str]:
