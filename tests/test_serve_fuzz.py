@@ -33,14 +33,16 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=12,
 )
+# Values a lax validator would take for another type (`true` as 1.0, "0.5" as 0.5) or as a text.
+TRICKY = st.sampled_from([None, True, False, 0, 1, "0.5", "", " \n", "\x1c", [], {}])
 
 
 def from_schema(
     schema: dict[str, Any], components: dict[str, Any], loose: bool = False
 ) -> st.SearchStrategy:
     """Values near the JSON-schema subset FastAPI writes for our bodies, and some just outside it:
-    `pattern` and `oneOf` are ignored (blank texts, both fields or neither come out) and, `loose`,
-    any field may hold any JSON value (`null`, `true`)."""
+    `pattern` and `oneOf` are ignored (both fields or neither come out) and, `loose`, any field
+    may hold any JSON value (`null`, `true`, a blank text)."""
     if "$ref" in schema:
         return from_schema(components[schema["$ref"].split("/")[-1]], components, loose)
     if "anyOf" in schema:
@@ -49,17 +51,18 @@ def from_schema(
     if kind == "null":
         return st.none()
     if kind == "string":
-        return st.text(max_size=schema.get("maxLength", 50)) | st.sampled_from(["", " \n", "\x1c"])
+        return st.text(max_size=schema.get("maxLength", 50))
     if kind == "number":
         low, high = schema.get("minimum"), schema.get("maximum")
         return st.floats(low, high, allow_nan=low is None)
     if kind == "array":
         items = from_schema(schema["items"], components, loose)
+        items = items | TRICKY if loose else items
         return st.lists(items, min_size=schema.get("minItems", 0), max_size=schema.get("maxItems"))
     if kind == "object":
         fields = {k: from_schema(v, components, loose) for k, v in schema["properties"].items()}
         if loose:
-            fields = {k: value | JSON for k, value in fields.items()}
+            fields = {k: value | TRICKY | JSON for k, value in fields.items()}
         return st.fixed_dictionaries({}, optional=fields)
     raise NotImplementedError(f"schema not covered by the fuzzer: {schema}")
 
