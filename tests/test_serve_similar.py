@@ -83,6 +83,8 @@ def test_similar_returns_k_rows_nearest_first_itself_on_top(client: TestClient) 
         assert len(body.results) == k and body.index_rows == len(SENTENCES)
         assert body.results[0].text == sentence and abs(scores[0] - 1) < 1e-4
         assert scores == sorted(scores, reverse=True)
+    # JSON Schema's integers include 3.0: the schema allows it, so the service does.
+    assert len(client.post("/similar", json={"text": "hi", "k": 3.0}).json()["results"]) == 3
     default = client.post("/similar", json={"text": "flickering screen"}).json()
     assert len(default["results"]) == 5 and set(default["results"][0]) == {
         "text",
@@ -101,6 +103,8 @@ def test_similar_returns_k_rows_nearest_first_itself_on_top(client: TestClient) 
         {"text": "hi", "k": 0},
         {"text": "hi", "k": 51},
         {"text": "hi", "k": "5"},
+        {"text": "hi", "k": True},
+        {"text": "hi", "k": 2.5},
         {"k": 5},
         {"text": "hi", "extra": 1},
     ],

@@ -10,16 +10,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmlab.embeddings import embed, embedding_model_dir, load_embedding_model, model_version
-from llmlab.serving.schemas import Text
+from llmlab.serving.schemas import MAX_BODY_BYTES, Text, error_responses
 from llmlab.vectorindex import VectorIndex, check_version, read_manifest
 
 log = logging.getLogger("llmlab.serve")
 MAX_K = 50
 RETRY_AFTER_S = 1
 UNENCODABLE = "the tokenizer cannot encode this text"
+
+
+def _json_integer(value: Any) -> Any:
+    """What JSON Schema calls an integer: 5 and 5.0, never "5" or true (lax pydantic takes both)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("k must be an integer")
+    return value
 
 
 class SimilarRequest(BaseModel):
@@ -29,7 +38,7 @@ class SimilarRequest(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"text": "no picture"}]}
     )
     text: Text
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
+    k: Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_json_integer)] = 5
 
 
 class Neighbour(BaseModel):
@@ -47,19 +56,6 @@ class SimilarResponse(BaseModel):
     model_version: str
     index_rows: int
     results: list[Neighbour]
-
-
-class ErrorMessage(BaseModel):
-    """A refusal the client can act on (e.g. retry later)."""
-
-    detail: str
-
-
-class ServerError(BaseModel):
-    """A failure on our side; the details went to the log under this request id."""
-
-    detail: str
-    request_id: str
 
 
 class SimilarSearch:
@@ -128,11 +124,15 @@ class SimilarSearch:
         @router.post(
             "/similar",
             response_model=SimilarResponse,
-            responses={
-                422: {"description": "invalid input, or a text the tokenizer cannot encode"},
-                500: {"model": ServerError, "description": "embedding or search failed"},
-                503: {"model": ErrorMessage, "description": "the index is not loaded yet"},
-            },
+            responses=error_responses(
+                {
+                    400: "the body is not JSON, or not UTF-8",
+                    413: f"the body is over {MAX_BODY_BYTES} bytes",
+                    422: "invalid input, or a text the tokenizer cannot encode",
+                    500: "embedding or search failed (body: request id)",
+                    503: "the vector index is not loaded yet",
+                }
+            ),
         )
         async def similar(body: SimilarRequest, request: Request) -> Any:
             """The `k` saved texts nearest `text` by cosine similarity of their embeddings."""
