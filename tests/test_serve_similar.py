@@ -3,6 +3,8 @@ input, probes that report the index, and a service that refuses an index of anot
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,24 @@ def test_an_index_of_another_model_is_refused_at_start(setup: dict[str, Path]) -
         create_app(wrong)
     assert model_version(setup["other_encoder"]) in str(refused.value)
     assert model_version(setup["encoder"]) in str(refused.value)
+
+
+def test_an_index_that_cannot_load_fails_health(setup: dict[str, Path], tmp_path: Path) -> None:
+    """An index whose FAISS file no longer matches its manifest: /health 503 naming why, /ready
+    503, and /similar 503 rather than answers from a broken index."""
+    broken = shutil.copytree(setup["encoder_index"], tmp_path / "broken")
+    with open(broken / "index.faiss", "ab") as handle:
+        handle.write(b"\0")
+    app = create_app(config(setup | {"broken": broken}, "broken"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").json()["index"]["state"] == "loading":
+            assert time.monotonic() < deadline, "the index never finished loading"
+            time.sleep(0.05)
+        health = client.get("/health")
+        assert health.status_code == 503 and "digest" in health.json()["index"]["error"]
+        assert client.get("/ready").status_code == 503
+        assert client.post("/similar", json={"text": "hi"}).status_code == 503
 
 
 def test_llmlab_serve_exits_with_the_reason(
