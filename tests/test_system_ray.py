@@ -4,16 +4,19 @@ dying model replica, and a bulk job loses and duplicates no row when a worker is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from serving_helpers import TEXTS, save_models
 
-from llmlab.serve import free_port, load_classifier, load_test
+from llmlab.serve import free_port, load_classifier
 from llmlab.system import app as system
-from llmlab.system import bulk
+from llmlab.system import bulk, elastic
+from llmlab.system.client import call_all
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -48,6 +51,7 @@ def test_answers_like_the_single_process_service(url: str, tiny: dict[str, Path]
     for got, want in zip(body["predictions"], expected, strict=True):
         assert got["label"] == want["label"] and got["model_version"] == "v1"
         assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+    assert body["retries"] == 0 and not any(body["cached"])
     hops = body["timings_ms"][0]
     assert hops["tokenizer_hop_ms"] >= hops["tokenize_ms"] > 0
     assert hops["model_hop_ms"] >= hops["forward_ms"] > 0
@@ -58,17 +62,53 @@ def test_bad_input_gets_422(url: str) -> None:
         assert httpx.post(f"{url}/predict", json=payload, timeout=30).status_code == 422
 
 
+def test_replica_timeline_and_the_bill(url: str) -> None:
+    phases = [("load", 4, 30.0, 2), ("light", 1, 0.5)]  # load ends once 2 replicas run
+    timeline, requests, spans = asyncio.run(elastic.drive_phases(url, TEXTS, phases))
+    assert list(spans.phase) == ["load", "light"] and (spans.end_s > spans.start_s).all()
+    assert spans.end_s[0] - spans.start_s[0] < 30.0, "two replicas already run: the phase ends"
+    assert (requests.status == 200).all() and set(requests.phase) == {"load", "light"}
+    assert len(timeline) >= 3 and timeline.RUNNING.max() >= 2, timeline
+    assert elastic.replica_seconds(timeline) == pytest.approx(
+        (timeline.RUNNING[:-1] * timeline.t_s.diff()[1:].to_numpy()).sum()
+    )
+
+
 def test_a_dying_model_replica_fails_no_request(url: str) -> None:
-    async def traffic_with_a_death() -> tuple:
-        load = asyncio.create_task(load_test(url, TEXTS, requests=150, concurrency=8))
+    texts = [TEXTS[i % len(TEXTS)] for i in range(150)]
+
+    async def traffic_with_a_death() -> pd.DataFrame:
+        load = asyncio.create_task(call_all(url, texts, concurrency=8))
         await asyncio.sleep(0.3)
-        handle = serve.get_deployment_handle("Model", app_name="default")
-        with pytest.raises(Exception):  # noqa: B017 - the replica dies while answering
-            await handle.die.remote()
+        killed.append(await system.kill_a_serving_replica(url))
         return await load
 
+    killed: list[int] = []
+
+    began = time.time()
     requests = asyncio.run(traffic_with_a_death())
+    ended = time.time()
     assert len(requests) == 150 and (requests.status == 200).all(), requests.status.value_counts()
+    assert (requests.retries >= 0).all() and requests.replica_pid.notna().all()
+    replicas = system.replica_actors("Model")
+    died = replicas[(replicas.state == "DEAD") & replicas.ended_s.between(began, ended)]
+    assert list(died.pid) == killed, replicas
+    assert set(killed) <= set(requests.replica_pid), "the killed replica served this traffic"
+
+
+def test_cost_per_thousand_and_replica_seconds() -> None:
+    # 2 CPUs at 0.05/h serving 10 answers/s: 0.1 per hour over 36000 answers an hour
+    assert elastic.cost_per_thousand(10.0, 2, 0.05) == pytest.approx(0.1 / 36)
+    assert elastic.cost_per_thousand(10.0, 0, 0.05, gpus=1, gpu_hour_price=3.6) == pytest.approx(
+        0.1
+    )
+    timeline = pd.DataFrame({"t_s": [0.0, 1.0, 3.0, 3.5], "RUNNING": [1, 2, 0, 5]})
+    assert elastic.replica_seconds(timeline) == pytest.approx(1 * 1 + 2 * 2 + 0 * 0.5)
+
+
+def test_admission_limits_let_batches_fill_and_hits_pass() -> None:
+    assert system.Model.max_ongoing_requests >= system.MAX_BATCH_SIZE
+    assert system.Ingress.max_ongoing_requests >= 10 * system.Model.max_ongoing_requests
 
 
 def test_bulk_job_survives_a_killed_worker(cluster: None, tiny: dict[str, Path], tmp_path) -> None:

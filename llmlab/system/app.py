@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import ray
 from pydantic import ValidationError
 from ray import serve
@@ -27,6 +29,10 @@ from llmlab.system.cache import PredictionCache
 
 MAX_BATCH_SIZE = 32  # texts per forward pass, as lab 10's batcher
 BATCH_WAIT_S = 0.005  # how long a batch waits to fill, as lab 10's batcher
+# Serve admits 5 requests per replica by default: a model replica capped at 5 never fills a batch
+# of 32, and an ingress capped at 5 makes a cache hit queue in the proxy behind model calls.
+MODEL_MAX_ONGOING = 2 * MAX_BATCH_SIZE  # a full batch in the forward pass, the next one filling
+INGRESS_MAX_ONGOING = 1000  # the ingress only awaits: it admits everything the proxy receives
 # A replica that died mid-call, or one the router cannot reach yet: worth another replica.
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -49,16 +55,23 @@ def local_ray(num_cpus: int = 2, object_store_mb: int = 200) -> Iterator[None]:
     """A small Ray instance on this machine (no dashboard, loopback only), shut down after."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only: no token to manage
     _skip_iri_grammar()
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=object_store_mb * 1024**2,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-        # On a busy machine the node's agent takes long to start: wait for it, do not crash.
-        _system_config={"agent_register_timeout_ms": 120_000},
-    )
+    for attempt in range(3):
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                object_store_memory=object_store_mb * 1024**2,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+                configure_logging=False,
+                # On a busy machine the node's agent takes long to start: wait, do not crash.
+                _system_config={"agent_register_timeout_ms": 120_000},
+            )
+            break
+        except Exception as error:  # Ray gives its raylet a fixed 30 s to register
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(error):
+                raise
     try:
         yield
     finally:
@@ -104,6 +117,7 @@ class Tokenizer:
 @serve.deployment(
     ray_actor_options={"num_cpus": 0},
     autoscaling_config={"min_replicas": 2, "initial_replicas": 2, "max_replicas": 3},
+    max_ongoing_requests=MODEL_MAX_ONGOING,
     health_check_period_s=1.0,
 )
 class Model:
@@ -137,12 +151,8 @@ class Model:
             for answer, (_, arrived) in zip(answers, items, strict=True)
         ]
 
-    def die(self) -> None:
-        """Crash this replica's process at once (a fault to inject, as an OOM kill would)."""
-        os._exit(1)
 
-
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_MAX_ONGOING)
 class Ingress:
     """HTTP: validate as lab 10's API, answer from the cache or through tokenizer and model,
     retry a call whose replica died, and time every hop."""
@@ -175,14 +185,17 @@ class Ingress:
     async def _answer(self, text: str) -> tuple[dict[str, Any], dict[str, float], int, bool]:
         """One text: prediction, per-hop milliseconds, retries, whether the cache answered."""
         started = time.perf_counter()
-        if self.cache and (hit := await self.cache.get(self.version, text)):
-            return hit, {"cache_ms": 1000 * (time.perf_counter() - started)}, 0, True
+        hit = await self.cache.get(self.version, text) if self.cache else None
+        looked_up = time.perf_counter()
+        lookup = {"cache_ms": 1000 * (looked_up - started)} if self.cache else {}
+        if hit:
+            return hit, lookup, 0, True
         tokens, tokenizer_retries = await self._call(self.tokenizer.tokenize, text)
         tokenized = time.perf_counter()
         answer, model_retries = await self._call(self.model.predict, tokens["ids"])
         done = time.perf_counter()
-        timings = {
-            "tokenizer_hop_ms": 1000 * (tokenized - started),
+        timings = lookup | {
+            "tokenizer_hop_ms": 1000 * (tokenized - looked_up),
             "tokenize_ms": tokens["tokenize_ms"],
             "model_hop_ms": 1000 * (done - tokenized),
             "queued_ms": answer.pop("queued_ms"),
@@ -224,14 +237,16 @@ def build_app(
     redis_url: str | None = None,
     min_replicas: int = 2,
     max_replicas: int = 3,
+    **autoscaling_options: float,
 ) -> serve.Application:
-    """The three deployments bound into one application, models loaded from `path`."""
+    """The three deployments bound into one application, models loaded from `path`; keyword
+    arguments go to the model's `autoscaling_config` (e.g. `upscale_delay_s`)."""
     autoscaling = {
         "min_replicas": min_replicas,
         "initial_replicas": min_replicas,
         "max_replicas": max_replicas,
-        "target_ongoing_requests": 2 * MAX_BATCH_SIZE,
-    }
+        "target_ongoing_requests": MAX_BATCH_SIZE,
+    } | autoscaling_options
     model = Model.options(autoscaling_config=autoscaling).bind(str(path), version)
     return Ingress.bind(Tokenizer.bind(str(path)), model, version, redis_url)
 
@@ -240,3 +255,37 @@ def replica_counts(app: str = "default") -> dict[str, dict[str, int]]:
     """Replicas per state (RUNNING, STARTING, ...) of every deployment of `app`."""
     deployments = serve.status().applications[app].deployments
     return {name: dict(status.replica_states) for name, status in deployments.items()}
+
+
+async def kill_a_serving_replica(url: str) -> int:
+    """SIGKILL (as the kernel's OOM killer would) the model replica that answers a request to
+    `url` now, so the one that dies is one serving traffic; its pid."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        response = await client.post("/predict", json={"text": "which replica answers me?"})
+    pid = response.raise_for_status().json()["predictions"][0]["replica_pid"]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def replica_actors(deployment: str, app: str = "default") -> pd.DataFrame:
+    """Every replica actor of `deployment` Ray's control store (GCS) knows, dead ones included:
+    pid, state, start and end (Unix seconds) and why it died. The state API reads the same table
+    through the dashboard, which this lab does not start."""
+    from ray._private.state import actors  # the GCS table without the dashboard
+
+    rows = [
+        {
+            "actor_id": actor["ActorID"],
+            "pid": actor["Pid"],
+            "state": actor["State"],
+            "started_s": actor["StartTime"] / 1000,
+            "ended_s": actor["EndTime"] / 1000 if actor["EndTime"] else None,
+            "death_cause": str(actor.get("DeathCause") or "")[:200],
+        }
+        for actor in actors().values()
+        if actor["ActorClassName"] == f"ServeReplica:{app}:{deployment}"
+    ]
+    columns = ["actor_id", "pid", "state", "started_s", "ended_s", "death_cause"]
+    return pd.DataFrame(rows, columns=columns)
