@@ -87,8 +87,8 @@ executed: install
 	$(ENV) $(BIN)/python -m pytest tests/book -q -s -p no:cacheprovider
 
 # The inner loop: the unit tests less those marked slow, integration (Jupyter, papermill, Ray,
-# Spark, torchrun, DVC, Redis) or service (uvicorn on a port); under 90 s on 2 cores. `make unit`
-# and so CI still run every test.
+# Spark, torchrun, DVC, Redis, MLflow, wandb) or service (uvicorn on a port), in tests/conftest.py;
+# under 90 s on 2 cores. `make unit` and so CI still run every test.
 QUICK := not slow and not integration and not service and not notebook
 quick: install
 	$(ENV) $(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=tests/site \

@@ -46,6 +46,8 @@ MARKS: dict[str, dict[str, tuple[str, ...]]] = {
     "test_papermill": {"*": ("integration",)},
     "test_system_ray": {"*": ("integration",)},  # Ray Serve
     "test_system_entrypoint": {"*": ("integration",)},  # builds Ray Serve's deployments
+    "test_registry": {"*": ("integration",)},  # MLflow: a fresh SQLite registry migrated per test
+    "test_track": {"*": ("integration",)},  # wandb's service process
     "test_system_cache": {"test_server_stops_and_missing_binary_is_explained": ("integration",)},
     "test_distributed": {
         "test_two_process_ddp_and_fsdp_reproduce_the_single_process_run": ("integration",),
@@ -58,9 +60,21 @@ MARKS: dict[str, dict[str, tuple[str, ...]]] = {
         "test_cli_exits_1_and_names_the_failed_stage": ("integration",),
         "test_a_failing_gate_stops_the_pipeline_and_the_champion_keeps_serving": ("integration",),
     },
-    "test_timings": {
-        "test_run_with_save_timings_copies_the_labs_own_record": ("integration",),  # papermill
+    "test_timings": {  # `llmlab run`: papermill
+        "test_run_with_save_timings_copies_the_labs_own_record": ("integration",),
+        "test_run_with_save_timings_refuses_a_lab_that_records_no_timing": ("integration",),
     },
+    "test_gpucheck": {  # each trains or times the check's model (6 to 60 s at load 30)
+        name: ("slow",)
+        for name in (
+            "test_cpu_run_trains_for_real_and_skips_the_cuda_only_checks",
+            "test_the_batching_check_fails_when_a_scheduler_drops_tokens",
+            "test_a_raising_check_is_recorded_as_failed_and_the_run_goes_on",
+            "test_a_check_over_its_gpu_budget_fails",
+            "test_the_exit_code_follows_the_claims",
+        )
+    },
+    "test_embeddings": {"test_embed_equals_sentence_transformers_encode": ("slow",)},
     "test_cli": {"test_llmlab_keeps_tool_state_out_of_home_without_env_sh": ("integration",)},
     "test_bench": {
         "test_all_reduce_over_two_gloo_ranks_sums_right_and_measures_bandwidth": ("integration",)
@@ -72,6 +86,9 @@ MARKS: dict[str, dict[str, tuple[str, ...]]] = {
         "test_a_server_that_cannot_start_reports_its_log": ("service",),
         "test_onnx_backend_matches_pytorch": ("slow",),
         "test_load_classifier_names_the_missing_weights": ("slow",),  # exports to ONNX
+        "test_moving_the_registry_alias_and_reloading_switches_the_served_version": (
+            "integration",  # MLflow
+        ),
     },
     "test_serve_faults": {
         "test_a_full_queue_sheds_at_once_with_retry_after_and_no_504": ("service",),
