@@ -10,12 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from tiny_models import save_tiny_classifier
+from transformers import AutoTokenizer, BertConfig, BertModel
 
+from llmlab.embeddings import embed, load_embedding_model, model_version
 from llmlab.serve import free_port
+from llmlab.text import pretrained_model_dir
+from llmlab.vectorindex import VectorIndex
 
 LABELS = ("greeting", "card_lost", "balance")
 TEXTS = ["hello there", "I lost my card yesterday", "what is my balance", "bye", "card?"]
@@ -29,6 +34,42 @@ def save_models(root: Path) -> dict[str, Path]:
         name: save_tiny_classifier(root / name, seed, LABELS)
         for seed, name in enumerate(("v1", "v2"))
     }
+
+
+SENTENCES = [
+    "the picture is black and white",
+    "no sound from the left speaker",
+    "the remote control stopped working",
+    "great value, works as described",
+    "returned it after two days",
+    "setup took five minutes",
+    "the screen flickers at night",
+    "customer support never called back",
+]
+
+
+def save_tiny_encoder(path: Path, seed: int) -> Path:
+    """A one-layer random BERT encoder (no head) with the packaged MiniLM tokenizer."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(pretrained_model_dir()).save_pretrained(path)
+    return path
+
+
+def save_tiny_index(root: Path, name: str, seed: int) -> tuple[Path, Path]:
+    """A tiny encoder saved as root/name and a flat index of SENTENCES it embedded."""
+    encoder = save_tiny_encoder(root / name, seed)
+    vectors = embed(SENTENCES, *load_embedding_model(encoder))
+    rows = [{"text": t, "label": f"l{i % 3}", "source_id": i} for i, t in enumerate(SENTENCES)]
+    index = VectorIndex.build(vectors, rows, model_version(encoder), kind="flat")
+    return encoder, index.save(root / f"{name}_index")
 
 
 def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:

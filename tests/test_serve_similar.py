@@ -8,43 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from serving_helpers import running
-from transformers import AutoTokenizer, BertConfig, BertModel
+from serving_helpers import SENTENCES, running, save_tiny_index
 
 from llmlab.cli import main
-from llmlab.embeddings import embed, load_embedding_model, model_version
+from llmlab.embeddings import model_version
 from llmlab.serve import ServeConfig, create_app
 from llmlab.serving.similar import SimilarResponse
-from llmlab.text import pretrained_model_dir
-from llmlab.vectorindex import IndexVersionError, VectorIndex
-
-SENTENCES = [
-    "the picture is black and white",
-    "no sound from the left speaker",
-    "the remote control stopped working",
-    "great value, works as described",
-    "returned it after two days",
-    "setup took five minutes",
-    "the screen flickers at night",
-    "customer support never called back",
-]
-
-
-def save_tiny_encoder(path: Path, seed: int) -> Path:
-    """A one-layer random BERT encoder (no head) with the packaged MiniLM tokenizer."""
-    torch.manual_seed(seed)
-    config = BertConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertModel(config).eval().save_pretrained(path)
-    AutoTokenizer.from_pretrained(pretrained_model_dir()).save_pretrained(path)
-    return path
+from llmlab.vectorindex import IndexVersionError
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +24,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> 
     root = tmp_path_factory.mktemp("similar")
     paths = {"model": models["v1"]}
     for seed, name in enumerate(("encoder", "other_encoder")):
-        encoder = paths[name] = save_tiny_encoder(root / name, seed)
-        vectors = embed(SENTENCES, *load_embedding_model(encoder))
-        rows = [{"text": t, "label": f"l{i % 3}", "source_id": i} for i, t in enumerate(SENTENCES)]
-        index = VectorIndex.build(vectors, rows, model_version(encoder), kind="flat")
-        paths[f"{name}_index"] = index.save(root / f"{name}_index")
+        paths[name], paths[f"{name}_index"] = save_tiny_index(root, name, seed)
     return paths
 
 

@@ -3,9 +3,10 @@
 Usage: python tools/contract.py OUT_DIR ST_PROGRAM [extra `st run` options]
 
 Lab 10's service serves two tiny classifiers (champion and challenger, so every admin route can
-succeed) with an admin token; schemathesis reads the OpenAPI schema the service publishes and
-sends schema-valid and schema-violating requests to every route, authenticated, checking that each
-status code, content type, header and body the service answers is one the schema describes. It
+succeed) and lab 15's `/similar` over a tiny index, with an admin token; schemathesis reads the
+OpenAPI schema the service publishes and sends schema-valid and schema-violating requests to every
+route, authenticated, checking that each status code, content type, header and body the service
+answers is one the schema describes. It
 runs from its own environment (tools/contract-requirements.txt), not the lock's.
 """
 
@@ -28,7 +29,7 @@ ST_OPTIONS = ["--checks", "all", "--seed", "20261207", "--max-examples", "60", "
 
 def main(out: Path, st: str, extra: list[str]) -> int:
     """Serve the tiny models, run `st run` against them; its exit code is ours."""
-    from serving_helpers import save_models
+    from serving_helpers import save_models, save_tiny_index
 
     from llmlab.serving.manager import BackgroundServer
 
@@ -38,7 +39,12 @@ def main(out: Path, st: str, extra: list[str]) -> int:
     token = secrets.token_hex(16)
     os.environ["LLMLAB_ADMIN_TOKEN"] = token  # the server inherits it
     models = save_models(out / "models")
-    server = BackgroundServer(str(models["v1"]), "--challenger", str(models["v2"]))
+    encoder, index = save_tiny_index(out / "models", "encoder", 0)  # lab 15's /similar too
+    server = BackgroundServer(
+        str(models["v1"]),
+        *("--challenger", str(models["v2"]), "--index", str(index)),
+        *("--embedding-model", str(encoder)),
+    )
     with server:
         print(f"contract: service ready at {server.url} in {time.monotonic() - started:.1f} s")
         command = [st, "run", f"{server.url}/openapi.json", *ST_OPTIONS, "--no-color"]
