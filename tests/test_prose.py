@@ -84,6 +84,15 @@ ALLOWED: dict[str, dict[str, str]] = {
         "the 64 MiB that": "the limit on what can be carried to a GPU machine, a rule",
         "in 80 GB beside": "a device's memory, the exercise's setting",
     },
+    "15": {
+        "choose 15 % of": "BERT's masking recipe, a setting the lab checks",
+        "80 % become": "BERT's masking recipe, a setting",
+        "10 % a random": "BERT's masking recipe, a setting",
+        "and 10 % stay": "BERT's masking recipe, a setting",
+        "predicts 15 % of": "BERT's masking recipe, a setting",
+        "four times larger": "the exercise's setting",
+        "(0.25, 0.5, 1, 2 old": "the exercise's settings",
+    },
     "12": {
         "a 200 MB object store": "the local cluster's setting (object_store_memory)",
     },
