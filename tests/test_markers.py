@@ -4,12 +4,16 @@ otherwise slip into `make quick` unnoticed, and every marker used is registered.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import tomllib
 from pathlib import Path
 
-from conftest import MARKS
-
 TESTS = Path(__file__).parent
+# By path: with tests/book and tests/site collected too, `import conftest` may find theirs.
+_spec = importlib.util.spec_from_file_location("tests_conftest", TESTS / "conftest.py")
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+MARKS = _conftest.MARKS
 
 
 def test_every_marked_test_exists():
