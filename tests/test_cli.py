@@ -2,27 +2,12 @@ import importlib.metadata
 import os
 import subprocess
 
-import nbformat
 import pytest
+from lab_helpers import write_lab
 
 from llmlab import cli, doctor
 from llmlab.cli import find_lab, lab_paths, main, parse_value
 from llmlab.environment import apply_environment, read_settings
-
-
-def write_lab(tmp_path, name: str, code: str):
-    """A one-cell lab `name` (after its parameters cell) in tmp_path/labs; returns that folder."""
-    notebook = nbformat.v4.new_notebook()
-    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.metadata["kernelspec"] = kernel
-    notebook.cells = [
-        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code),
-    ]
-    labs = tmp_path / "labs"
-    labs.mkdir()
-    nbformat.write(notebook, labs / f"{name}.ipynb")
-    return labs
 
 
 def test_find_lab_accepts_number_and_name():

@@ -4,8 +4,8 @@ import json
 import os
 import subprocess
 
-import nbformat
 import pytest
+from lab_helpers import write_lab
 
 from llmlab import cli, results
 from llmlab.cli import main
@@ -50,6 +50,7 @@ def a_timing(seconds: float = 95.0, profile: str = "cpu", **extra) -> dict:
 
 
 def test_a_passed_lab_records_its_wall_time_with_its_source(monkeypatch):
+    monkeypatch.delenv("LLMLAB_EXECUTED_BY", raising=False)  # `llmlab run` in-process sets it
     clock = iter([1000.0, 1012.34])
     monkeypatch.setattr(results.time, "time", lambda: next(clock))
     begin_lab("98", "smoke")
@@ -187,21 +188,6 @@ def test_timings_collect_command(tmp_path, monkeypatch, capsys):
     assert main(["timings", "collect", "--build-dir", str(build), "--drop-unsourced"]) == 0
     assert set(json.loads(path.read_text())) == {"03"}
     assert main(["timings", "collect", "--build-dir", str(tmp_path / "empty")]) == 2
-
-
-def write_lab(tmp_path, name: str, code: str):
-    """A lab `name` whose one cell (after its parameters cell) runs `code`; returns its folder."""
-    notebook = nbformat.v4.new_notebook()
-    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.metadata["kernelspec"] = kernel
-    notebook.cells = [
-        nbformat.v4.new_code_cell("profile = 'cpu'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code),
-    ]
-    labs = tmp_path / "labs"
-    labs.mkdir(exist_ok=True)
-    nbformat.write(notebook, labs / f"{name}.ipynb")
-    return labs
 
 
 def test_run_with_save_timings_copies_the_labs_own_record(tmp_path, monkeypatch):
