@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 from llmlab.config import REPO_ROOT, profile_build_dir
 
@@ -35,22 +36,21 @@ def execute_lab(
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["LLMLAB_EXECUTED_BY"] = (
-        "llmlab run (papermill)"  # the kernel's timing record says so
-    )
     output = out_dir / notebook.name
     params = {"profile": profile, **parameters}
     (out_dir / f"{notebook.stem}.parameters.json").write_text(json.dumps(params, indent=2))
     # Off a terminal (CI logs) the bar redraws at most every 30 s instead of after every cell.
     bar = {"desc": notebook.stem, "mininterval": 0.1 if sys.stderr.isatty() else 30.0}
-    papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=params,
-        cwd=str(notebook.parent),
-        progress_bar=bar if progress else False,
-        # The kernel of the interpreter running papermill (the venv's), whatever the notebook's
-        # metadata names: python3, or "Python (llmlab)" from `make install`.
-        kernel_name="python3",
-    )
+    # The kernel inherits this for its timing record; set only while it runs, then restored.
+    with mock.patch.dict(os.environ, {"LLMLAB_EXECUTED_BY": "llmlab run (papermill)"}):
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=params,
+            cwd=str(notebook.parent),
+            progress_bar=bar if progress else False,
+            # The kernel of the interpreter running papermill (the venv's), whatever the
+            # notebook's metadata names: python3, or "Python (llmlab)" from `make install`.
+            kernel_name="python3",
+        )
     return output

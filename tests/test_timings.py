@@ -50,7 +50,6 @@ def a_timing(seconds: float = 95.0, profile: str = "cpu", **extra) -> dict:
 
 
 def test_a_passed_lab_records_its_wall_time_with_its_source(monkeypatch):
-    monkeypatch.delenv("LLMLAB_EXECUTED_BY", raising=False)  # `llmlab run` in-process sets it
     clock = iter([1000.0, 1012.34])
     monkeypatch.setattr(results.time, "time", lambda: next(clock))
     begin_lab("98", "smoke")
