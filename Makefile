@@ -64,7 +64,9 @@ $(ASSETS_FETCHED):
 
 book: install redis java npm $(ASSETS_FETCHED)
 	bash tools/book_cache.sh $(LLMLAB_BUILD_DIR)/.jupyter_cache
-	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) .
+	rm -rf $(LLMLAB_BUILD_DIR)/html/reports
+	$(ENV) $(BIN)/jupyter-book build -W -n --keep-going --path-output $(BOOK_OUT) . || \
+	  { $(BIN)/python tools/book_failures.py $(LLMLAB_BUILD_DIR)/html/reports; exit 1; }
 	@echo "book: $(LLMLAB_BUILD_DIR)/html/index.html"
 
 test: install
