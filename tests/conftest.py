@@ -81,6 +81,7 @@ MARKS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "test_trust": {"test_federated_average_weights_each_client_by_its_rows": ("integration",)},
     "test_models": {"test_gpu_sized_model_runs_forward_and_backward_on_cpu": ("slow",)},
+    "test_train": {"test_compile_on_cpu_gives_the_eager_losses": ("slow",)},  # 47 s at load 5
     "test_serve": {
         "test_llmlab_serve_answers_real_http_load_on_localhost": ("service",),
         "test_a_server_that_cannot_start_reports_its_log": ("service",),

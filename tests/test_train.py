@@ -372,3 +372,66 @@ def test_bf16_autocast_is_engaged_inside_the_forward():
     config = TrainConfig(max_steps=2, precision="bf16", log_every=1, device="cpu", progress=False)
     train(model, batches, config)
     assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+
+
+class TornWrite(Exception):
+    """The process dying in the middle of writing a file."""
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    """The second checkpoint's state file is half written when the run dies: step 4 stays the
+    latest complete checkpoint and a resume starts from it. Writing straight into step_*
+    (atomic_dir without its temp folder and rename) fails it: the torn step 8 is listed."""
+    from llmlab import checkpoints
+
+    save, calls = torch.save, []
+
+    def torn_second_state(state, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) < 2:
+            return save(state, path, *args, **kwargs)
+        save(state, path, *args, **kwargs)
+        with open(path, "r+b") as handle:  # keep the first half of the file, as a dying write
+            handle.truncate(handle.seek(0, 2) // 2)
+        raise TornWrite(path)
+
+    model, batches, _, config = lm_setup(tmp_path, max_steps=8)
+    monkeypatch.setattr(checkpoints.torch, "save", torn_second_state)
+    with pytest.raises(TornWrite):
+        train(model, batches, config)
+    monkeypatch.setattr(checkpoints.torch, "save", save)
+    assert len(calls) == 2, calls
+    assert [p.name for p in list_checkpoints(config.checkpoint_dir)] == ["step_0000004"]
+    state = checkpoints.load_checkpoint(config.checkpoint_dir / "step_0000004", TinyLM())
+    assert state["step"] == 4
+    resumed = train(TinyLM(), batches, config)
+    assert resumed.resumed_from == 4 and resumed.steps == 8
+    assert [p.name for p in list_checkpoints(config.checkpoint_dir)][-1] == "step_0000008"
+    assert not list(config.checkpoint_dir.glob(".tmp-*")), "the torn temp folder was left"
+
+
+def test_compile_on_cpu_gives_the_eager_losses():
+    """Same seed, same batches: torch.compile's losses match eager ones to 1e-4 (fp32 kernels
+    fused differently, not a different model) and dynamo did compile a graph. Compiling a copy
+    of the model (so the optimizer updates weights the compiled forward never reads) fails it."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    losses = {}
+    for compiled in (False, True):
+        model, batches, _, _ = lm_setup(None)
+        model.dropout.p = 0.0  # dropout masks need not match between eager and compiled
+        config = TrainConfig(
+            max_steps=4,
+            lr=3e-2,
+            warmup_steps=0,
+            log_every=1,
+            compile=compiled,
+            device="cpu",
+            progress=False,
+        )
+        losses[compiled] = train(model, batches, config).history["train_loss"].to_numpy()
+    assert counters["stats"]["unique_graphs"] >= 1, "compile=True compiled nothing"
+    assert losses[False][-1] < losses[False][0], "the eager run must learn for the check to bite"
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4), losses
