@@ -170,7 +170,8 @@ def serve(args: argparse.Namespace) -> int:
     """Serve a registered classifier over HTTP (FastAPI + uvicorn) until interrupted."""
     import uvicorn
 
-    from llmlab.serve import ServeConfig, create_app
+    from llmlab.serving.app import create_app
+    from llmlab.serving.state import ServeConfig
 
     config = ServeConfig(
         model=args.model,

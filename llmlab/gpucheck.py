@@ -188,7 +188,7 @@ def check_sparsity24(device: str, sizes: Sizes) -> CheckResult:
 
 async def _closed_loop(url: str, texts: list[str], clients: int, seconds: float) -> dict:
     """Warm the server up, then `clients` closed-loop users for `seconds`: lab 10's summary."""
-    from llmlab.serve import load_test, summarize
+    from llmlab.serving.loadtest import load_test, summarize
 
     await load_test(url, texts, requests=4 * clients, concurrency=clients)
     load = await load_test(url, texts, 10**9, concurrency=clients, time_limit_s=seconds)
@@ -198,7 +198,7 @@ async def _closed_loop(url: str, texts: list[str], clients: int, seconds: float)
 def check_serve(device: str, sizes: Sizes) -> CheckResult:
     """Lab 10's service on `device` serving the packaged MiniLM: batching off vs on."""
     from llmlab.data import label_names, load_splits
-    from llmlab.serve import BackgroundServer
+    from llmlab.serving.manager import BackgroundServer
 
     texts = load_splits()["test"].text.tolist()
     with tempfile.TemporaryDirectory(prefix="gpucheck-classifier-") as folder:

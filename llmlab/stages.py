@@ -147,7 +147,7 @@ def stage_train(params: dict[str, Any]) -> str:
 
 
 def _predict(model_dir: Path, texts: list[str], backend: str = "auto") -> list[str]:
-    from llmlab.serve import load_classifier
+    from llmlab.serving.classifier import load_classifier
 
     classifier = load_classifier(model_dir, backend=backend)
     return [
@@ -269,7 +269,7 @@ def stage_serve_check(params: dict[str, Any]) -> str:
     """Serve the champion on 127.0.0.1; check it answers, batches and refuses bad input."""
     import httpx
 
-    from llmlab.serve import BackgroundServer
+    from llmlab.serving.manager import BackgroundServer
 
     registered = json.loads((build(params) / "registered.json").read_text())
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(params['registry']).resolve()}/mlflow.db"

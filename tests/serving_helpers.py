@@ -18,7 +18,7 @@ from tiny_models import save_tiny_classifier
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from llmlab.embeddings import embed, load_embedding_model, model_version
-from llmlab.serve import free_port
+from llmlab.serving.manager import free_port
 from llmlab.text import pretrained_model_dir
 from llmlab.vectorindex import VectorIndex
 

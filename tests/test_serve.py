@@ -17,18 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import ADMIN, LABELS, TEXTS, running
 from transformers import AutoTokenizer, BertForSequenceClassification
 
-from llmlab.serve import (
-    MAX_BODY_BYTES,
-    MAX_ITEMS,
-    MAX_TEXT_CHARS,
-    BackgroundServer,
-    DynamicBatcher,
-    ServeConfig,
-    create_app,
-    load_classifier,
-    load_test,
-    summarize,
-)
+from llmlab.serving.app import create_app
+from llmlab.serving.batching import DynamicBatcher
+from llmlab.serving.classifier import load_classifier
+from llmlab.serving.loadtest import load_test, summarize
+from llmlab.serving.manager import BackgroundServer
+from llmlab.serving.schemas import MAX_BODY_BYTES, MAX_ITEMS, MAX_TEXT_CHARS
+from llmlab.serving.state import ServeConfig
 
 pytestmark = pytest.mark.usefixtures("admin_token")
 

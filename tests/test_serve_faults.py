@@ -18,7 +18,9 @@ from fastapi.testclient import TestClient
 from serving_helpers import ADMIN, ADMIN_TOKEN, TEXTS, live, running
 from transformers import BertForSequenceClassification
 
-from llmlab.serve import ServeConfig, create_app, load_classifier, load_model
+from llmlab.serving.app import create_app
+from llmlab.serving.classifier import load_classifier, load_model
+from llmlab.serving.state import ServeConfig
 
 pytestmark = pytest.mark.usefixtures("admin_token")
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from serving_helpers import ADMIN, ADMIN_TOKEN, running, save_models
 
-from llmlab.serve import ServeConfig, create_app
+from llmlab.serving.app import create_app
 from llmlab.serving.schemas import MAX_BODY_BYTES, MAX_ITEMS, MAX_TEXT_CHARS, WHITESPACE
+from llmlab.serving.state import ServeConfig
 
 FUZZ = settings(
     max_examples=80,

@@ -13,8 +13,9 @@ from serving_helpers import SENTENCES, running, save_tiny_index
 
 from llmlab.cli import main
 from llmlab.embeddings import model_version
-from llmlab.serve import ServeConfig, create_app
+from llmlab.serving.app import create_app
 from llmlab.serving.similar import SimilarResponse
+from llmlab.serving.state import ServeConfig
 from llmlab.vectorindex import IndexVersionError
 
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from serving_helpers import TEXTS, save_models
 
-from llmlab.serve import free_port, load_classifier
+from llmlab.serving.classifier import load_classifier
+from llmlab.serving.manager import free_port
 from llmlab.system import app as system
 from llmlab.system import bulk, elastic
 from llmlab.system.client import call_all

@@ -54,7 +54,7 @@ run() {
   install_missing || return 3
   echo "gpu-check: packages ready in $((SECONDS - started)) s"
   # The import chain of the server subprocess (the service), before any check runs.
-  "$python" -c 'import fastapi, uvicorn, llmlab.serve, llmlab.cli' || {
+  "$python" -c 'import fastapi, uvicorn, llmlab.serving.app, llmlab.cli' || {
     echo "gpu-check: an import failed (above); the pinned wheels are in tools/gpu-wheels.txt"
     return 3
   }

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llmlab.serving.batching import ModelError, QueueFull
-from llmlab.serving.loading import Classifier, ModelCheckError, load_model
+from llmlab.serving.classifier import Classifier, ModelCheckError, load_model
 from llmlab.serving.metrics import RequestContext
 from llmlab.serving.probes import add_probes
 from llmlab.serving.schemas import (

@@ -1,5 +1,5 @@
 """Dynamic batching: a bounded queue, one model thread, isolation of bad items, a supervised
-worker."""
+worker. Built in lab 10; lab 14's generation engine sheds with its `QueueFull`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmlab.serving.loading import Classifier
+from llmlab.serving.classifier import Classifier
 
 log = logging.getLogger("llmlab.serve")
 

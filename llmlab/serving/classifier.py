@@ -1,4 +1,6 @@
-"""Load a classifier from safe files only (safetensors or ONNX) and check it can infer."""
+"""Load a classifier from safe files only (safetensors or ONNX) and check it can infer. Built for
+lab 10's service; lab 09 loads its candidates with it (as lab 10 will serve them), lab 11's
+pipeline stages load the champion with it, lab 12's Ray system serves it (`llmlab.system`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The generation engine behind `llmlab.serving.generate` (lab 14 serves lab 04's GPT): a causal
 LM loaded from safetensors, one `Stream` per request, and one engine thread that advances every
-active stream by one token per iteration, each step one token's forward thanks to the KV cache."""
+active stream by one token per iteration, each step one token's forward thanks to the KV cache.
+Built and used in lab 14."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from llmlab.config import pick_device
 from llmlab.generation import next_token
 from llmlab.serving.batching import QueueFull
-from llmlab.serving.loading import ModelCheckError
+from llmlab.serving.classifier import ModelCheckError
 
 log = logging.getLogger("llmlab.generate")
 FINISH_REASONS = ("length", "eos", "deadline", "error")

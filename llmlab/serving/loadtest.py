@@ -1,4 +1,6 @@
-"""A closed-loop HTTP load generator for the service, and its summary."""
+"""The one HTTP load-test client: closed-loop load on POST /predict, and its summary. Built in
+lab 10 (its service under load); lab 12 drives its Ray system with it (`llmlab.system.client`,
+`llmlab.system.elastic`), and the GPU check (`llmlab.gpucheck`) loads lab 10's service on CUDA."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+ANSWER_KEYS = ("label", "score", "model_version", "replica_pid")  # per prediction, where present
+
 
 async def load_test(
     url: str,
@@ -26,7 +30,8 @@ async def load_test(
 ) -> pd.DataFrame:
     """Closed-loop load: `concurrency` clients each send one text per POST /predict, then the
     next, until `requests` were sent, `time_limit_s` passed or `stop` was set. One row per
-    request: its text's index, send time, latency, status, the answer's variant, label, version."""
+    request: its text's index, send time, latency, status and what the answer says of itself
+    (`answer_fields`)."""
     import httpx
     import pandas as pd
 
@@ -52,10 +57,7 @@ async def load_test(
                     response = await client.post("/predict", json={"text": text})
                     row["status"] = response.status_code
                     if response.status_code == 200:
-                        body = response.json()
-                        first = body["predictions"][0]
-                        row |= {"variant": body["variant"], "label": first["label"]}
-                        row |= {"score": first["score"], "model_version": first["model_version"]}
+                        row |= answer_fields(response.json())
                 except httpx.HTTPError as error:  # refused, reset, timed out: a failed request
                     row["error"] = type(error).__name__
                 row["latency_s"] = time.perf_counter() - sent
@@ -63,6 +65,18 @@ async def load_test(
 
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
     return pd.DataFrame(rows)
+
+
+def answer_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """What a /predict answer says about its first text: the variant (lab 10), label, score and
+    model version; lab 12's system adds whether its cache answered, the ingress's retries and
+    time, the model replica's pid and the per-hop timers (ms)."""
+    first = body["predictions"][0]
+    fields = {key: first[key] for key in ANSWER_KEYS if key in first}
+    fields |= {key: body[key] for key in ("variant", "ingress_ms", "retries") if key in body}
+    if "cached" in body:
+        fields["cached"] = body["cached"][0]
+    return fields | (body["timings_ms"][0] if "timings_ms" in body else {})
 
 
 def summarize(requests: pd.DataFrame) -> dict[str, float]:

@@ -1,4 +1,6 @@
-"""Run `llmlab serve` in a subprocess on 127.0.0.1: start, wait until ready, stop."""
+"""Run `llmlab serve` in a subprocess on 127.0.0.1: start, wait until ready, stop. Built in lab
+10; lab 11's pipeline (its serve check), lab 12 (lab 10's service as the baseline) and lab 15
+(/similar) start the service with it, and lab 14's `GenerationServer` extends it."""
 
 from __future__ import annotations
 

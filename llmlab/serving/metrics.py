@@ -1,5 +1,5 @@
 """Prometheus metrics of one app, and the middleware that counts requests and tags them with an
-id."""
+id. Built and used in lab 10."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The API contract: request, response and error bodies, and their limits (lab 10).
+"""The API contract: request, response and error bodies, and their limits. Built in lab 10; lab
+12's Ray ingress validates with the same `PredictRequest`.
 
 What the service answers is what its OpenAPI schema says: `make contract` fuzzes the running
 service against the published schema, so a constraint checked here is written into the schema too

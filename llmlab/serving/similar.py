@@ -1,5 +1,6 @@
-"""POST /similar (lab 15): the saved rows nearest a text, from a vector index that must have
-been built by the embedding model that embeds the queries (the service refuses any other)."""
+"""POST /similar: the saved rows nearest a text, from a vector index that must have been built by
+the embedding model that embeds the queries (the service refuses any other). Built and used in
+lab 15, which adds it to lab 10's service."""
 
 from __future__ import annotations
 

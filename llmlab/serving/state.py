@@ -1,4 +1,5 @@
-"""The state behind the app: configuration, variants, start-up, health, routing, hot reload."""
+"""The state behind the app: configuration, variants, start-up, health, routing, hot reload.
+Built and used in lab 10."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.serving.batching import DynamicBatcher
-from llmlab.serving.loading import Classifier, check_classifier, load_model, resolve_model
+from llmlab.serving.classifier import Classifier, check_classifier, load_model, resolve_model
 from llmlab.serving.metrics import Metrics
 
 log = logging.getLogger("llmlab.serve")

@@ -1,5 +1,6 @@
 """The classifier as three Ray Serve deployments, HTTP ingress -> tokenizer -> model, composed
-with deployment handles; the model batches with `@serve.batch` and autoscales."""
+with deployment handles; the model batches with `@serve.batch` and autoscales. Built and used in
+lab 12 (and deployed through `llmlab.system.entrypoint`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from llmlab.serving.loading import MAX_TOKENS, load_classifier
+from llmlab.serving.classifier import MAX_TOKENS, load_classifier
 from llmlab.serving.schemas import PredictRequest
 from llmlab.system.cache import PredictionCache
 

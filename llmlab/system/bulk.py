@@ -1,5 +1,6 @@
 """Asynchronous bulk scoring on Ray tasks: a job id, a status to poll, one Parquet part per
-chunk written under a temporary name and renamed, so a retried task never duplicates rows."""
+chunk written under a temporary name and renamed, so a retried task never duplicates rows.
+Built and used in lab 12."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pandas as pd
 import ray
 
-from llmlab.serving.loading import Classifier, load_classifier
+from llmlab.serving.classifier import Classifier, load_classifier
 
 FORWARD_BATCH = 64  # texts per forward pass inside a task
 

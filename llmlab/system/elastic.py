@@ -1,5 +1,6 @@
-"""Lab 12's elasticity and bill: replicas over time under a load that rises and falls, the
-cold start of a deployment scaled to zero, and what a thousand requests cost."""
+"""Lab 12's elasticity and bill: replicas over time under a load that rises and falls (driven
+by `llmlab.serving.loadtest`), the cold start of a deployment scaled to zero, and what a
+thousand requests cost. Built and used in lab 12."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from llmlab.serving.load import load_test
+from llmlab.serving.loadtest import load_test
 from llmlab.system.app import replica_counts
 
 # Serve's defaults wait 30 s to scale up and 600 s to scale down (sized for production traffic);
