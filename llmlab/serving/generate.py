@@ -1,5 +1,6 @@
 """The generation service (lab 14 serves lab 04's GPT): `POST /generate` streams one
-Server-Sent Event per token from `llmlab.serving.engine`; probes, metrics, limits."""
+Server-Sent Event per token from `llmlab.serving.engine`; probes, metrics, limits. Built and used
+in lab 14 (`llmlab serve-lm`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
 
-from llmlab.serving.app import install_error_handlers
 from llmlab.serving.batching import QueueFull
 from llmlab.serving.engine import (
     FINISH_REASONS,
@@ -29,8 +29,9 @@ from llmlab.serving.engine import (
     check_language_model,
     load_language_model,
 )
+from llmlab.serving.errors import install_error_handlers
 from llmlab.serving.manager import BackgroundServer, free_port
-from llmlab.serving.probes import add_probes
+from llmlab.serving.probes import probes_router
 
 log = logging.getLogger("llmlab.generate")
 MAX_NEW_TOKENS = 256
@@ -290,7 +291,9 @@ def create_generate_app(
             return service.refuse(429, f"busy: {error}")
         return EventStream(sse_events(queue), engine, stream)
 
-    add_probes(app, service, lambda: {"model": service.engine.lm.version}, registry)
+    app.include_router(
+        probes_router(service, lambda: {"model": service.engine.lm.version}, registry)
+    )
 
     return app
 

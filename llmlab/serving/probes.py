@@ -1,11 +1,12 @@
-"""The probes every service of the course answers (labs 10 and 14): liveness, readiness, metrics."""
+"""The probes every service answers: GET /health (liveness), /ready (readiness), /metrics
+(Prometheus). Built in lab 10; lab 14's generation service answers the same ones."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 
@@ -33,21 +34,22 @@ class Readiness(BaseModel):
     reason: str | None = None
 
 
-def add_probes(
-    app: FastAPI, service: Probed, ready_details: Callable[[], dict[str, Any]], registry: Any
-) -> None:
+def probes_router(
+    service: Probed, ready_details: Callable[[], dict[str, Any]], registry: Any
+) -> APIRouter:
     """GET /health (503: restart me), /ready (503: send no traffic), /metrics (Prometheus)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    router = APIRouter()
     failing = {"model": Health, "description": "failing: restart this replica"}
 
-    @app.get("/health", response_model=Health, responses={503: failing})
+    @router.get("/health", response_model=Health, responses={503: failing})
     async def health() -> JSONResponse:
         """Liveness: the process answers, its model loaded (or is loading), its workers run."""
         alive, report = service.health()
         return JSONResponse(report, status_code=200 if alive else 503)
 
-    @app.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+    @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
     async def ready() -> JSONResponse:
         """Readiness: the model loaded and passed its test inference, the workers run."""
         reason = service.not_ready_reason()
@@ -55,7 +57,9 @@ def add_probes(
             return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", **ready_details()})
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text format: the service's counters, gauges and histograms."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
