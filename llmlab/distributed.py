@@ -1,9 +1,10 @@
-"""Scaling out: data-parallel training under torchrun (launched from a notebook) and local Spark.
+"""Data-parallel training under torchrun (built in lab 07, used by lab 07): DDP, FSDP, one process.
 
 `python -m llmlab.distributed --steps 20 --result out.json` is the worker script: one process per
-rank trains a small feedback classifier with `llmlab.train.train`, wrapped in DDP (or sharded
-with FSDP) when torchrun starts it with several processes. `torchrun(...)` launches it and
-returns what rank 0 measured; `train_data_parallel(...)` is the same training in this process.
+rank trains lab 06's feedback classifier (`llmlab.models.FeedbackClassifier`) with
+`llmlab.train.train`, wrapped in DDP (or sharded with FSDP) when torchrun starts it with several
+processes. `llmlab.ranks.torchrun(...)` launches it and returns what rank 0 measured;
+`train_data_parallel(...)` is the same training in this process.
 """
 
 from __future__ import annotations
@@ -12,111 +13,24 @@ import argparse
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from llmlab.attention import EncoderBlock, padding_mask
-from llmlab.config import build_dir
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+from llmlab.models import FeedbackClassifier
+from llmlab.ranks import average_over_ranks, collective_device, rank, world_size
 
 WORD = re.compile(r"\w+")
 
 
-# ---------------------------------------------------------------- launching torchrun
-
-
-def torchrun(
-    module: str = "llmlab.distributed",
-    args: Sequence[str] = (),
-    nproc: int = 2,
-    threads: int = 1,
-    timeout: float = 600,
-) -> dict[str, Any]:
-    """Run `python -m module *args --result PATH` in `nproc` processes; return rank 0's result.
-
-    Each process gets `threads` CPU threads (OMP_NUM_THREADS), so 1 vs 2 processes compare
-    like with like. The module must write its result as JSON to the `--result` path.
-    """
-    if nproc < 1 or threads < 1:
-        raise ValueError(f"need nproc >= 1 and threads >= 1, got {nproc=} {threads=}")
-    folder = build_dir() / "distributed"
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="result-", suffix=".json", dir=folder)
-    os.close(handle)
-    result = Path(name)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",  # rendezvous on localhost with a free port: no port clashes
-        f"--nproc-per-node={nproc}",
-        "-m",
-        module,
-        *args,
-        "--result",
-        str(result),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    try:
-        finished = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if finished.returncode != 0:
-            raise RuntimeError(
-                f"torchrun exited with {finished.returncode}: {' '.join(command)}\n"
-                f"{finished.stderr[-4000:]}"
-            )
-        if result.stat().st_size == 0:
-            raise RuntimeError(f"{module} finished but rank 0 wrote no result to {result}")
-        return json.loads(result.read_text())
-    finally:
-        result.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- process-group helpers
-
-
-def rank() -> int:
-    """This process's rank, 0 when not running distributed."""
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Number of processes in the job, 1 when not running distributed."""
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def collective_device() -> torch.device:
-    """Where tensors for collectives must live: the current GPU under NCCL, else the CPU."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def average_over_ranks(values: Sequence[float]) -> list[float]:
-    """Element-wise mean of `values` over all ranks (gloo has no AVG, so SUM / world)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return (tensor / world_size()).tolist()
-
-
-# ---------------------------------------------------------------- data and model
+# ---------------------------------------------------------------- data
 
 
 def hashed_token_ids(texts: Sequence[str], vocab_size: int, seq_len: int) -> torch.Tensor:
@@ -138,30 +52,6 @@ def feedback_dataset(vocab_size: int, seq_len: int) -> TensorDataset:
     label_id = {name: index for index, name in enumerate(label_names())}
     labels = torch.tensor(train.label.map(label_id).to_numpy(), dtype=torch.long)
     return TensorDataset(hashed_token_ids(train.text.tolist(), vocab_size, seq_len), labels)
-
-
-class FeedbackClassifier(nn.Module):
-    """Embeddings, lab 03's encoder blocks, mean pooling over real tokens, a linear head."""
-
-    def __init__(self, vocab_size: int, seq_len: int, dim: int, n_layers: int, n_classes: int):
-        super().__init__()
-        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.positions = nn.Embedding(seq_len, dim)
-        # dropout=0: DDP and one process then compute the same function, not just alike ones.
-        self.blocks = nn.ModuleList(
-            EncoderBlock(dim, n_heads=4, d_ff=2 * dim, dropout=0.0) for _ in range(n_layers)
-        )
-        self.head = nn.Linear(dim, n_classes)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch, n_classes) logits."""
-        keep = input_ids != 0
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.tokens(input_ids) + self.positions(positions)
-        for block in self.blocks:
-            x = block(x, padding_mask(keep))
-        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-        return self.head(pooled)
 
 
 def sharded_batches(
@@ -193,12 +83,6 @@ def sharded_batches(
         )
 
     return loader
-
-
-def classification_batch_loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of a (token ids, labels) batch."""
-    input_ids, labels = batch
-    return nn.functional.cross_entropy(model(input_ids), labels)
 
 
 # ---------------------------------------------------------------- training
@@ -233,7 +117,7 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
     `ddp` replicates the model and all-reduces gradients; `fsdp` shards parameters, gradients
     and optimizer state over the ranks.
     """
-    from llmlab.train import TrainConfig, train
+    from llmlab.train import TrainConfig, classification_loss, train
 
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -269,7 +153,7 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
             seed=config.seed,
             progress=False,
         ),
-        loss_fn=classification_batch_loss,
+        loss_fn=classification_loss,
         tokens_per_batch=local_batch,  # count examples, so tokens_per_s reads samples/s
     )
     return {
@@ -335,61 +219,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             tmp.replace(args.result)
     finally:
         dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------- Spark
-
-SPARK_LOG_CONFIG = """\
-# Written by llmlab.distributed.spark_session: errors only, so notebooks stay readable.
-rootLogger.level = error
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
-# PySpark's gateway announces "Setting default log level" unless its logger agrees with the root.
-logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
-logger.gateway.level = error
-"""
-
-
-def java_available() -> bool:
-    """True when a Java runtime for Spark is on PATH or under JAVA_HOME."""
-    java_home = os.environ.get("JAVA_HOME")
-    return shutil.which("java") is not None or bool(
-        java_home and (Path(java_home) / "bin" / "java").exists()
-    )
-
-
-def spark_session(master: str = "local[2]", app_name: str = "llmlab") -> SparkSession:
-    """A quiet SparkSession; `master` is local[N] here, spark://host:7077 or yarn on a cluster."""
-    if not java_available():
-        raise RuntimeError("Spark needs a Java runtime (17 or newer): install one or set JAVA_HOME")
-    # PySpark 4.3 warns on every pandas 3 import; the labs check Spark against pandas themselves.
-    warnings.filterwarnings(
-        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
-    )
-    from pyspark.sql import SparkSession
-
-    spark_dir = build_dir() / "spark"
-    spark_dir.mkdir(parents=True, exist_ok=True)
-    log_config = spark_dir / "log4j2.properties"
-    log_config.write_text(SPARK_LOG_CONFIG)
-    java_options = f"-Dlog4j2.configurationFile={log_config.as_uri()}"
-    # Python workers must run this interpreter (the venv), not whatever python3 is on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.driver.extraJavaOptions", java_options)
-        .config("spark.local.dir", str(spark_dir))
-        .config("spark.ui.showConsoleProgress", "false")
-        # The default of 200 shuffle partitions suits clusters; tiny local jobs drown in tasks.
-        .config("spark.sql.shuffle.partitions", "4")
-        .getOrCreate()
-    )
 
 
 if __name__ == "__main__":

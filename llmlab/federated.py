@@ -1,9 +1,10 @@
-"""Federated averaging over torch.distributed (gloo): one process per product, data never pooled.
+"""Federated averaging over gloo, one process per product (built in lab 13, used by labs 13, 15).
 
 `python -m llmlab.federated --rounds 10 --result out.json` is the worker; launch it with
-`llmlab.distributed.torchrun(module="llmlab.federated", nproc=len(PRODUCTS), ...)`. Each rank
-holds one product's training rows, trains the small classifier of `llmlab.trust` locally, and
-the ranks average their weights (weighted by rows) with one all-reduce per round.
+`llmlab.ranks.torchrun(module="llmlab.federated", nproc=len(PRODUCTS), ...)`. Each rank holds
+one product's training rows, trains the small classifier of `llmlab.bow` locally, and the ranks
+average their weights (weighted by rows) with one all-reduce per round; data is never pooled.
+Lab 15 reuses the product of each review (`product_ranges`, `product_of`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llmlab.trust import bag_of_words_model, fit, hashed_features
+from llmlab.bow import bag_of_words_model, fit, hashed_features
 
 # The five products of Hu and Liu's reviews, in the order their review ids run, and the words
 # that name each in the text.

@@ -1,4 +1,4 @@
-"""The pieces of `llmlab.train.train`: its configuration, position, early stopping, one step."""
+"""Parts of `llmlab.train.train`: config, early stopping, one step (built in lab 04, used by 14)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from torch import nn
 from llmlab.batches import Batch, BatchSource, check_resumable, count_tokens, to_device
 from llmlab.checkpoints import atomic_dir, clear_partial_writes, load_weights, save_weights, unwrap
 from llmlab.flops import mfu
+from llmlab.ranks import is_main_process
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -73,28 +74,6 @@ class Run:
     tokens_per_batch: int | None
     val_batches: Iterable[Batch] | None
     eval_fn: Callable[[nn.Module], dict[str, float]] | None
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of an initialized torch.distributed job."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def barrier() -> None:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def any_rank(flag: bool, device: str) -> bool:
-    """True if `flag` is true on any rank, so every rank stops at the same step."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor(float(flag), device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 @dataclass

@@ -1,16 +1,24 @@
-"""Small model builders (lab 04; lab 14 decodes with them): a GPT-2-style causal LM sized per
-profile, the same GPT from lab 03's blocks, and its FLOPs per token."""
+"""Small models on lab 03's blocks (built in lab 04, used by labs 04, 06, 14 and lab 07's workers).
+
+A GPT-2-style causal LM sized per profile, the same GPT from lab 03's blocks and its FLOPs per
+token (lab 04; lab 14 decodes with them), and the small feedback classifier that lab 06 compares
+with Keras and lab 07 trains with DDP and FSDP. transformers is imported only where a GPT-2 is
+built, so the classifier's torchrun workers start without it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedModel
-from transformers.pytorch_utils import Conv1D
 
-from llmlab.attention import EncoderBlock
+from llmlab.attention import EncoderBlock, padding_mask
 from llmlab.config import resolve_profile
 from llmlab.flops import flops_per_token
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, PreTrainedModel
 
 # Sizes per profile. gpu is GPT-2 small's shape: big enough matmuls to keep an H100 busy;
 # smoke and cpu are sized to learn something in seconds or minutes on 2 cores. No dropout:
@@ -38,6 +46,8 @@ def gpt_config(
     GPT-2 ties the output layer to the input embedding; untied, our small models leave the
     unigram plateau in far fewer steps, for vocab_size x n_embd more parameters.
     """
+    from transformers import GPT2Config
+
     return GPT2Config(
         **GPT_SIZES[resolve_profile(profile)],
         vocab_size=padded_vocab_size(vocab_size),
@@ -52,6 +62,8 @@ def gpt_config(
 
 def build_gpt(config: GPT2Config) -> PreTrainedModel:
     """Randomly initialised GPT-2 LM using PyTorch SDPA (flash attention kernels on GPU)."""
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     model.loss_type = "ForCausalLM"  # the class name maps to no loss; skip the fallback warning
     return model
@@ -59,6 +71,8 @@ def build_gpt(config: GPT2Config) -> PreTrainedModel:
 
 def _matmul_weight_count(model: nn.Module) -> int:
     """Number of weights that take part in a matrix multiply: every Linear and GPT-2 Conv1D."""
+    from transformers.pytorch_utils import Conv1D
+
     layers = (module for module in model.modules() if isinstance(module, (nn.Linear, Conv1D)))
     return sum(layer.weight.numel() for layer in layers)
 
@@ -104,6 +118,30 @@ class BlockGPT(nn.Module):
         for block in self.blocks:
             x = block(x, causal=True)
         return self.head(self.norm(x))
+
+
+class FeedbackClassifier(nn.Module):
+    """Embeddings, lab 03's encoder blocks, mean pooling over real tokens, a linear head."""
+
+    def __init__(self, vocab_size: int, seq_len: int, dim: int, n_layers: int, n_classes: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.positions = nn.Embedding(seq_len, dim)
+        # dropout=0: DDP and one process then compute the same function, not just alike ones.
+        self.blocks = nn.ModuleList(
+            EncoderBlock(dim, n_heads=4, d_ff=2 * dim, dropout=0.0) for _ in range(n_layers)
+        )
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """(batch, seq) token ids -> (batch, n_classes) logits."""
+        keep = input_ids != 0
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)
+        for block in self.blocks:
+            x = block(x, padding_mask(keep))
+        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        return self.head(pooled)
 
 
 @torch.no_grad()

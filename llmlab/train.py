@@ -1,4 +1,6 @@
-"""The one PyTorch training loop: AMP, compile, accumulation, clipping, checkpoints, throughput.
+"""The one PyTorch training loop (built in lab 04, used by labs 03-09, 13-15 and the pipeline).
+
+AMP, compile, gradient accumulation, clipping, checkpoints, throughput.
 
 `train(model, batches, TrainConfig(...))` runs AdamW with a cosine schedule and linear warm-up.
 The model computes its own loss through `loss_fn(model, batch)`, so the same loop trains a
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,10 @@ from llmlab.loop import (
     Position,
     Run,
     TrainConfig,
-    any_rank,
-    barrier,
     checkpoint_folder,
-    is_main_process,
     optimizer_step,
 )
+from llmlab.ranks import any_rank, barrier, is_main_process
 
 
 @dataclass
@@ -74,12 +74,22 @@ def model_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Ten
     return loss
 
 
-def classification_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy of the model's logits against batch['labels'] (plain or HF classifiers)."""
-    inputs = {name: value for name, value in batch.items() if name != "labels"}
-    outputs = model(**inputs)
+def classification_loss(
+    model: nn.Module, batch: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Cross-entropy of the model's logits against the labels, for either kind of batch.
+
+    A dict batch holds 'labels' and the model's keyword inputs (plain or HF classifiers); a
+    tuple or list batch is (inputs, labels), as a TensorDataset yields them.
+    """
+    if isinstance(batch, Mapping):
+        labels = batch["labels"]
+        outputs = model(**{name: value for name, value in batch.items() if name != "labels"})
+    else:
+        inputs, labels = batch
+        outputs = model(inputs)
     logits = outputs if isinstance(outputs, torch.Tensor) else outputs["logits"]
-    return F.cross_entropy(logits, batch["labels"])
+    return F.cross_entropy(logits, labels)
 
 
 @torch.no_grad()

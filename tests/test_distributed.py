@@ -1,4 +1,6 @@
-"""Data-parallel worker and launcher (a real 2-process gloo run) and the local Spark session."""
+"""Scaling out: data-parallel worker (llmlab.distributed), launcher and rank helpers
+(llmlab.ranks, a real 2-process gloo run), the feedback classifier (llmlab.models) and the local
+Spark session (llmlab.spark)."""
 
 from collections import Counter
 
@@ -8,16 +10,14 @@ from torch.utils.data import TensorDataset
 
 from llmlab.distributed import (
     DataParallelConfig,
-    FeedbackClassifier,
-    average_over_ranks,
     hashed_token_ids,
-    java_available,
     parse_args,
     sharded_batches,
-    spark_session,
-    torchrun,
     train_data_parallel,
 )
+from llmlab.models import FeedbackClassifier
+from llmlab.ranks import average_over_ranks, torchrun
+from llmlab.spark import java_available, spark_session
 
 TINY = DataParallelConfig(steps=3, global_batch=8, dim=16, seq_len=8, vocab_size=64)
 TINY_FLAGS = ["--steps", "3", "--global-batch", "8", "--dim", "16", "--seq-len", "8"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlab.distributed import java_available, spark_session
+from llmlab.spark import java_available, spark_session
 from llmlab.streaming import (
     batch_job,
     feedback_events,

@@ -122,6 +122,25 @@ def test_loss_decreases_on_a_tiny_classifier():
     assert result.tokens_per_s > 0
 
 
+def test_classification_loss_reads_dict_tuple_and_list_batches_alike():
+    """A dict batch feeds the model keywords, a (inputs, labels) pair or a DataLoader's list feeds
+    it positionally; all three give the plain cross-entropy. A helper that dropped the labels of
+    one kind, or fed it the wrong inputs, would differ."""
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 3)
+    features, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 2, 1, 0])
+
+    class Keywords(nn.Module):
+        def forward(self, x):
+            return {"logits": linear(x)}  # a Hugging Face style output
+
+    expected = nn.functional.cross_entropy(linear(features), labels)
+    assert classification_loss(Keywords(), {"x": features, "labels": labels}) == expected
+    assert classification_loss(linear, (features, labels)) == expected
+    assert classification_loss(linear, [features, labels]) == expected
+    assert classification_loss(linear, (features, labels.roll(1))) != expected
+
+
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path):
     model, batches, val, config = lm_setup(tmp_path / "a")
     full = train(model, batches, config, val_batches=val)

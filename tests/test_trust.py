@@ -1,4 +1,5 @@
-"""Tests for llmlab.trust and llmlab.federated: redaction, attacks, intervals, FedAvg, the card."""
+"""Tests for llmlab.trust, llmlab.bow and llmlab.federated: redaction, attacks, intervals, the
+small classifier, FedAvg, the card."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
 
-from llmlab import federated, registry, trust
+from llmlab import bow, federated, registry, trust
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_slice_accuracy_and_largest_gap():
 
 
 def test_hashed_features_keep_most_of_a_misspelt_word():
-    clean, typo, other = trust.hashed_features(["terrible battery", "terrbile battery", "great"])
+    clean, typo, other = bow.hashed_features(["terrible battery", "terrbile battery", "great"])
     assert torch.cosine_similarity(clean, typo, 0) > torch.cosine_similarity(clean, other, 0) + 0.3
 
 
@@ -124,8 +125,8 @@ def test_fit_learns_a_separable_problem_and_overfits_without_regularisation():
     torch.manual_seed(0)
     features = torch.randn(64, 128)
     labels = torch.randint(0, 3, (64,))
-    model = trust.bag_of_words_model(dim=128, hidden=32)
-    model = trust.fit(model, features, labels, epochs=60, lr=1e-2)
+    model = bow.bag_of_words_model(dim=128, hidden=32)
+    model = bow.fit(model, features, labels, epochs=60, lr=1e-2)
     losses = trust.per_row_loss(model, features, labels)
     assert losses.shape == (64,) and losses.mean() < 0.05
 
