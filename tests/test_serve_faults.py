@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serving_helpers import ADMIN, ADMIN_TOKEN, TEXTS, live, running
+from serving_helpers import ADMIN, ADMIN_TOKEN, TEXTS, live, running, wait_until
 from transformers import BertForSequenceClassification
 
 from llmlab.serving.app import create_app
@@ -277,20 +277,22 @@ def test_a_request_whose_client_left_is_not_computed(models):
     with live(create_app(config)) as server:
         service = server.server.config.app.state.service
         classifier = service.variants["champion"].batcher.classifier
-        working, gate, seen = classifier.predict, threading.Event(), []
+        working, gate, entered, seen = classifier.predict, threading.Event(), threading.Event(), []
 
         def gated(texts):
             seen.extend(texts)
+            entered.set()
             gate.wait(10)
             return working(texts)
 
         classifier.predict = gated
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, f"{server.url}/predict", json={"text": "first"})
-            time.sleep(0.2)  # "first" now holds the model thread
+            assert entered.wait(30), '"first" never reached the model thread'
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(f"{server.url}/predict", json={"text": "impatient"}, timeout=0.3)
-            time.sleep(0.3)  # the server notices the disconnect within milliseconds
+            abandoned = service.metrics.abandoned._value.get
+            wait_until(lambda: abandoned() == 1, "the server notices the disconnect")
             gate.set()
             statuses = [first.result().status_code]
         statuses.append(httpx.post(f"{server.url}/predict", json={"text": "next"}).status_code)
@@ -304,15 +306,22 @@ def test_a_request_whose_client_left_is_not_computed(models):
 def test_sigterm_drains_requests_in_flight_then_exits(models):
     config = ServeConfig(model=str(models["v1"]), max_batch_size=1, timeout_s=10)
     with live(create_app(config)) as server:
-        classifier = server.server.config.app.state.service.variants["champion"].batcher.classifier
+        batcher = server.server.config.app.state.service.variants["champion"].batcher
+        classifier = batcher.classifier
         working = classifier.predict
-        classifier.predict = lambda texts: time.sleep(0.1) or working(texts)
+        classifier.predict = lambda texts: time.sleep(0.1) or working(texts)  # a slow model
+
+        def arrived() -> int:
+            return batcher.computed + batcher.queue.qsize()
 
         async def load_then_sigterm() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
                 calls = [client.post("/predict", json={"text": f"t{i}"}) for i in range(8)]
                 pending = asyncio.gather(*calls)
-                await asyncio.sleep(0.15)  # all sent, most still queued
+                deadline = time.monotonic() + 30
+                while arrived() < 8 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)  # lets the requests go out
+                assert batcher.computed < 8, "SIGTERM must come while requests are in flight"
                 server.server.handle_exit(15, None)  # what uvicorn's SIGTERM handler calls
                 return await pending
 

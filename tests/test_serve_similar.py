@@ -4,12 +4,11 @@ input, probes that report the index, and a service that refuses an index of anot
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from serving_helpers import SENTENCES, running, save_tiny_index
+from serving_helpers import SENTENCES, running, save_tiny_index, wait_until
 
 from llmlab.cli import main
 from llmlab.embeddings import model_version
@@ -127,10 +126,11 @@ def test_an_index_that_cannot_load_fails_health(setup: dict[str, Path], tmp_path
         handle.write(b"\0")
     app = create_app(config(setup | {"broken": broken}, "broken"))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/health").json()["index"]["state"] == "loading":
-            assert time.monotonic() < deadline, "the index never finished loading"
-            time.sleep(0.05)
+        wait_until(
+            lambda: client.get("/health").json()["index"]["state"] != "loading",
+            "the index finishes loading",
+            timeout_s=60,
+        )
         health = client.get("/health")
         assert health.status_code == 503 and "digest" in health.json()["index"]["error"]
         assert client.get("/ready").status_code == 503
