@@ -185,6 +185,24 @@ def test_gate_refuses_versions_evaluated_on_different_rows(uri, tmp_path):
         registry.promote("clf", elsewhere, uri=uri)
 
 
+def test_gate_compares_logged_metrics_when_only_one_version_has_an_evaluation(uri, tmp_path):
+    """Per-row predictions on one side only: no paired interval, the logged accuracies decide,
+    either way round. A gate that waves through whatever it cannot pair fails this test, and one
+    that pairs when either side has rows crashes on the missing side instead of refusing."""
+    truth = ["pos" if i % 2 else "neg" for i in range(200)]
+    champion = evaluated(uri, tmp_path, "a", flip(truth, range(0, 40)))  # logs 0.8
+    registry.promote("clf", champion, uri=uri)
+    unevaluated = register(uri, tmp_path, "b", 0.7)
+    with pytest.raises(registry.PromotionRefused, match=r"accuracy=0\.7000, worse .* 0\.8000"):
+        registry.promote("clf", unevaluated, uri=uri)
+    better = register(uri, tmp_path, "c", 0.85)
+    assert registry.promote("clf", better, uri=uri) == better
+    evaluated_worse = evaluated(uri, tmp_path, "d", flip(truth, range(0, 40)))  # 0.8 < 0.85
+    with pytest.raises(registry.PromotionRefused, match=r"accuracy=0\.8000, worse .* 0\.8500"):
+        registry.promote("clf", evaluated_worse, uri=uri)
+    assert registry.resolve("clf@champion", uri).version == better
+
+
 def test_an_evaluation_must_have_one_prediction_per_row():
     with pytest.raises(ValueError, match="one prediction per row"):
         registry.make_evaluation(["a", "b"], ["pos", "neg"], ["pos"])
