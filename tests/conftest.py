@@ -75,7 +75,10 @@ MARKS: dict[str, dict[str, tuple[str, ...]]] = {
         )
     },
     "test_embeddings": {"test_embed_equals_sentence_transformers_encode": ("slow",)},
-    "test_cli": {"test_llmlab_keeps_tool_state_out_of_home_without_env_sh": ("integration",)},
+    "test_cli": {  # a process with its own environment; papermill
+        "test_llmlab_keeps_tool_state_out_of_home_without_env_sh": ("integration",),
+        "test_run_names_the_failing_cell_and_its_error": ("integration",),
+    },
     "test_bench": {
         "test_all_reduce_over_two_gloo_ranks_sums_right_and_measures_bandwidth": ("integration",)
     },

@@ -53,6 +53,21 @@ def test_save_timings_refuses_parameters(capsys):
     assert "--save-timings records default runs only" in capsys.readouterr().err
 
 
+def test_run_names_the_failing_cell_and_its_error(tmp_path, monkeypatch, capsys):
+    """A lab whose claim fails: exit 1, and stderr names the cell as the executed notebook numbers
+    it, the error and where that notebook is (printing the cell's index instead fails it)."""
+    import nbformat
+
+    monkeypatch.setattr(cli, "LABS_DIR", write_lab(tmp_path, "98_broken", "assert 1 == 2, 'x'"))
+    monkeypatch.setenv("LLMLAB_PROFILE", "smoke")  # run sets it: restored after the test
+    assert main(["run", "98", "--profile", "smoke", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    executed = nbformat.read(tmp_path / "out" / "98_broken.ipynb", as_version=4)
+    (failed,) = [c for c in executed.cells if any(o.get("ename") for o in c.get("outputs", []))]
+    assert f"98_broken failed in cell {failed.execution_count}: AssertionError: x" in err, err
+    assert f"executed notebook with the traceback: {tmp_path / 'out' / '98_broken.ipynb'}" in err
+
+
 @pytest.mark.parametrize(
     ("profile", "expected"), [("cpu", "_build"), ("smoke", "_build/profiles/smoke/_build")]
 )
