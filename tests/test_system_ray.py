@@ -4,6 +4,7 @@ dying model replica, and a bulk job loses and duplicates no row when a worker is
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,66 @@ def test_bulk_job_survives_a_killed_worker(cluster: None, tiny: dict[str, Path],
 def test_bulk_job_refuses_bad_input(tiny: dict[str, Path], tmp_path) -> None:
     with pytest.raises(ValueError, match="unique id"):
         bulk.submit_job(["a", "b"], [1, 1], tiny["v1"], "v1", tmp_path)
+
+
+class Remote:
+    """A deployment method as a handle exposes it: `await method.remote(argument)`."""
+
+    def __init__(self, function, calls: list) -> None:
+        self.function, self.calls = function, calls
+
+    async def remote(self, argument):
+        self.calls.append(argument)
+        return self.function(argument)
+
+
+class MemoryCache:
+    """PredictionCache's interface on a dict, keyed by (version, text) as the real one is."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], dict] = {}
+
+    async def get(self, version: str, text: str) -> dict | None:
+        return self.entries.get((version, text))
+
+    async def put(self, version: str, text: str, answer: dict) -> None:
+        self.entries[version, text] = dict(answer)
+
+
+def ingress_call(ingress, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """One HTTP request through the Ingress's __call__, without Ray: (status, JSON body)."""
+    from starlette.requests import Request
+
+    raw = json.dumps(body).encode() if body is not None else b""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+    response = asyncio.run(ingress(Request(scope, receive)))
+    return response.status_code, json.loads(response.body)
+
+
+def test_ingress_probes_404_and_cache_flags_without_ray() -> None:
+    """The Ingress class on stand-in handles: /ready and /health answer 200 with the version,
+    other routes 404, and `cached` is true exactly for the texts the cache answered (those skip
+    tokenizer and model). Fails if a hit is reported as a miss or still reaches the model."""
+    tokenized, predicted = [], []
+    tokenizer = type("Tokenizer", (), {})()
+    tokenizer.tokenize = Remote(lambda text: {"ids": [len(text)], "tokenize_ms": 0.1}, tokenized)
+    model = type("Model", (), {})()
+    answer = {"label": "greeting", "score": 0.9, "model_version": "v1"}
+    model.predict = Remote(lambda ids: answer | {"queued_ms": 0.1, "forward_ms": 0.2}, predicted)
+    ingress = system.Ingress.func_or_class(tokenizer, model, "v1")
+    ingress.cache = MemoryCache()
+    for path in ("/ready", "/health", "/ready/"):
+        assert ingress_call(ingress, "GET", path) == (200, {"status": "ready", "version": "v1"})
+    assert ingress_call(ingress, "GET", "/nope")[0] == 404
+    assert ingress_call(ingress, "GET", "/predict")[0] == 404, "predict is POST only"
+    assert ingress_call(ingress, "POST", "/predict", {"text": ""})[0] == 422
+    first = ingress_call(ingress, "POST", "/predict", {"texts": ["hi", "card lost"]})[1]
+    second = ingress_call(ingress, "POST", "/predict", {"texts": ["hi", "balance"]})[1]
+    assert first["cached"] == [False, False] and second["cached"] == [True, False]
+    assert tokenized == ["hi", "card lost", "balance"] and len(predicted) == 3
+    assert second["predictions"][0] == first["predictions"][0] == answer
+    assert "cache_ms" in second["timings_ms"][0] and "forward_ms" not in second["timings_ms"][0]
