@@ -29,7 +29,7 @@ from llmlab.serving.engine import (
     check_language_model,
     load_language_model,
 )
-from llmlab.serving.errors import install_error_handlers
+from llmlab.serving.errors import RETRY_AFTER_S, install_error_handlers
 from llmlab.serving.manager import BackgroundServer, free_port
 from llmlab.serving.probes import probes_router
 
@@ -37,7 +37,6 @@ log = logging.getLogger("llmlab.generate")
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 4000
 MAX_BODY_BYTES = 64 * 1024
-RETRY_AFTER_S = 1
 
 
 @dataclass

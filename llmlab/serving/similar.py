@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from llmlab.embeddings import embed, embedding_model_dir, load_embedding_model, model_version
+from llmlab.serving.errors import RETRY_AFTER_S
 from llmlab.serving.schemas import MAX_BODY_BYTES, Text, error_responses
 from llmlab.vectorindex import VectorIndex, check_version, read_manifest
 
 log = logging.getLogger("llmlab.serve")
 MAX_K = 50
-RETRY_AFTER_S = 1
 UNENCODABLE = "the tokenizer cannot encode this text"
 
 
