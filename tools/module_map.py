@@ -42,7 +42,6 @@ BUILT_IN = {
     "plots": "02",
     "registry": "09",
     "results": "01",
-    "serve": "10",
     "serving": "10",
     "spark": "07",
     "speculative": "14",
