@@ -25,7 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from llmlab.models import FeedbackClassifier
-from llmlab.ranks import average_over_ranks, collective_device, rank, world_size
+from llmlab.ranks import (
+    average_over_ranks,
+    collective_device,
+    is_main_process,
+    rank,
+    running_distributed,
+    world_size,
+)
 
 WORD = re.compile(r"\w+")
 
@@ -127,9 +134,9 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
         config.vocab_size, config.seq_len, config.dim, config.n_layers, n_classes=3
     ).to(config.device)
     n_params = sum(p.numel() for p in model.parameters())
-    if dist.is_initialized() and strategy == "ddp":
+    if running_distributed() and strategy == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
-    elif dist.is_initialized():
+    elif running_distributed():
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks:
@@ -157,7 +164,7 @@ def train_data_parallel(config: DataParallelConfig, strategy: str = "ddp") -> di
         tokens_per_batch=local_batch,  # count examples, so tokens_per_s reads samples/s
     )
     return {
-        "strategy": strategy if dist.is_initialized() else "single",
+        "strategy": strategy if running_distributed() else "single",
         "world_size": world_size(),
         "threads": torch.get_num_threads(),
         "parameters": n_params,
@@ -213,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             report[strategy] = train_data_parallel(config, strategy)
         if args.all_reduce_example:
             report["all_reduce_example"] = all_reduce_example()
-        if rank() == 0:
+        if is_main_process():
             tmp = args.result.with_suffix(".tmp")
             tmp.write_text(json.dumps(report))
             tmp.replace(args.result)

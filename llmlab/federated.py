@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llmlab.bow import bag_of_words_model, fit, hashed_features
+from llmlab.ranks import is_main_process, rank, world_size
 
 # The five products of Hu and Liu's reviews, in the order their review ids run, and the words
 # that name each in the text.
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     dist.init_process_group("gloo")
     try:
         ranges = json.loads(args.ranges)
-        product = list(ranges)[dist.get_rank()]
+        product = list(ranges)[rank()]
         splits = load_splits()
         label_id = {name: index for index, name in enumerate(label_names())}
         train = splits["train"][product_of(splits["train"].text.tolist(), ranges) == product]
@@ -164,14 +165,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "round_seconds": round_seconds,
             "local_predictions": predictions(local, test_features),
         }
-        gathered: list[Any] = [None] * dist.get_world_size()
+        gathered: list[Any] = [None] * world_size()
         dist.all_gather_object(gathered, mine)
-        if dist.get_rank() == 0:
+        if is_main_process():
             report = {
                 "clients": gathered,
                 "fedavg_predictions": predictions(model, test_features),
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "world_size": dist.get_world_size(),
+                "world_size": world_size(),
                 "backend": dist.get_backend(),
             }
             tmp = args.result.with_suffix(".tmp")
