@@ -86,7 +86,10 @@ def cannot_infer(reference: str, **options) -> object:
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("empty directory", "FileNotFoundError"), ("cannot infer", "ModelCheckError: model v1")],
+    [
+        ("empty directory", "FileNotFoundError: no model in"),
+        ("cannot infer", "ModelCheckError: model v1 gave 1 answers for 4 texts"),
+    ],
 )
 def test_a_champion_that_fails_to_load_fails_health_and_ready_with_the_reason(
     models, tmp_path, fault, reason

@@ -156,6 +156,8 @@ def load_classifier(
             f"{path} holds only pickled weights (pytorch_model*.bin), which the server refuses:"
             " save with safetensors or export to ONNX"
         )
+    if not has_torch and not onnx_files:
+        raise FileNotFoundError(f"no model in {path}: neither .safetensors weights nor .onnx")
     if backend == "onnx" and not onnx_files:
         raise FileNotFoundError(f"backend 'onnx' needs an .onnx file in {path}")
     if backend == "torch" and not has_torch:
