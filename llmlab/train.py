@@ -204,6 +204,74 @@ def evaluate_run(run: Run, model: nn.Module, step_model: nn.Module) -> dict[str,
     return metrics
 
 
+@dataclass
+class _Loop:
+    """One run's moving parts, so that `train` reads as set-up, loop and result."""
+
+    config: TrainConfig
+    run: Run
+    model: nn.Module
+    step_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    stopper: EarlyStopping
+    folder: Path | None
+    device: str
+    tracker: Any | None
+    main: bool
+    at: Position = field(default_factory=Position)
+    stopped_early: bool = False
+    last_checkpoint: Path | None = None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+    def resume(self) -> int | None:
+        """Continue from the folder's latest checkpoint if asked to; the step resumed from."""
+        latest = list_checkpoints(self.folder)[-1:]
+        if latest and not self.config.resume:
+            raise ValueError(
+                f"{self.folder} already holds checkpoints: set resume=True or use an empty folder"
+            )
+        if not latest:
+            return None
+        state = load_checkpoint(latest[0], self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.at = Position(state["step"], state["epoch"], state["position"], state["history"])
+        self.stopper.best, self.stopper.best_step, self.stopper.bad_evals = state["best"]
+        return self.at.step
+
+    def save(self, tag: str) -> Path:
+        """Checkpoint the weights with everything a resumed run needs."""
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.at.step,
+            "epoch": self.at.epoch,
+            "position": self.at.batch,
+            "history": self.at.rows,
+            "best": self.stopper.state(),
+            "config": _plain_config(self.config),
+        }
+        return save_checkpoint(self.folder / tag, self.model, state)
+
+    def finish_step(self, row: dict[str, float]) -> bool:
+        """Evaluate, log and checkpoint after a step as the config asks; whether the run ends."""
+        config, at = self.config, self.at
+        if (config.eval_every and at.step % config.eval_every == 0) or at.step == config.max_steps:
+            self.final_metrics = evaluate_run(self.run, self.model, self.step_model)
+            row.update(self.final_metrics)
+            over = self.stopper.update(self.final_metrics, at.step, self.model, self.folder)
+            self.stopped_early = any_rank(over, self.device)
+        if row:
+            at.rows.append({"step": at.step, **row})
+            if self.tracker is not None and self.main:
+                self.tracker.log(row, step=at.step)
+        final = at.step == config.max_steps or self.stopped_early
+        checkpoint_now = config.checkpoint_every and at.step % config.checkpoint_every == 0
+        if self.folder is not None and (checkpoint_now or final):
+            if self.main:
+                self.last_checkpoint = self.save(f"step_{at.step:07d}")
+            barrier()
+        return final
+
+
 def train(
     model: nn.Module,
     train_batches: BatchSource,
@@ -224,7 +292,6 @@ def train(
     """
     device = pick_device(config.device)
     device_type = device.split(":")[0]
-    main = is_main_process()
     folder = checkpoint_folder(config, train_batches)
     if device_type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
@@ -235,32 +302,10 @@ def train(
     bf16 = _uses_bf16(config.precision, device_type)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
     run = Run(config, loss_fn, autocast, tokens_per_batch, val_batches, eval_fn)
-    at, stopper = Position(), EarlyStopping(config)
-
-    latest = list_checkpoints(folder)[-1:]
-    if latest and not config.resume:
-        raise ValueError(
-            f"{folder} already holds checkpoints: set resume=True or use an empty folder"
-        )
-    if latest:
-        state = load_checkpoint(latest[0], model)
-        optimizer.load_state_dict(state["optimizer"])
-        at = Position(state["step"], state["epoch"], state["position"], state["history"])
-        stopper.best, stopper.best_step, stopper.bad_evals = state["best"]
-    resumed_from = at.step if latest else None
-
-    def save(tag: str) -> Path:
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "step": at.step,
-            "epoch": at.epoch,
-            "position": at.batch,
-            "history": at.rows,
-            "best": stopper.state(),
-            "config": _plain_config(config),
-        }
-        return save_checkpoint(folder / tag, model, state)
-
+    stopper, main = EarlyStopping(config), is_main_process()
+    loop = _Loop(config, run, model, step_model, optimizer, stopper, folder, device, tracker, main)
+    resumed_from = loop.resume()
+    at = loop.at
     batches = stream(train_batches, at.epoch, at.batch)
     bar = tqdm(
         total=config.max_steps,
@@ -270,7 +315,6 @@ def train(
         dynamic_ncols=True,
     )
     meter = Meter(device, model_flops_per_token, run_peak_flops(config, device))
-    stopped_early, last_checkpoint, final_metrics = False, None, {}
     step_model.train()
     while at.step < config.max_steps:
         lr = lr_at(at.step, config)
@@ -281,27 +325,11 @@ def train(
         if row:
             bar.set_postfix(loss=f"{row['train_loss']:.4f}")
         with meter.paused():  # evaluation and checkpoint time is not training time
-            if (
-                config.eval_every and at.step % config.eval_every == 0
-            ) or at.step == config.max_steps:
-                final_metrics = evaluate_run(run, model, step_model)
-                row.update(final_metrics)
-                patience_over = stopper.update(final_metrics, at.step, model, folder)
-                stopped_early = any_rank(patience_over, device)
-            if row:
-                at.rows.append({"step": at.step, **row})
-                if tracker is not None and main:
-                    tracker.log(row, step=at.step)
-            final = at.step == config.max_steps or stopped_early
-            checkpoint_now = config.checkpoint_every and at.step % config.checkpoint_every == 0
-            if folder is not None and (checkpoint_now or final):
-                if main:
-                    last_checkpoint = save(f"step_{at.step:07d}")
-                barrier()
+            final = loop.finish_step(row)
         if config.stop_after_steps is not None and at.step >= config.stop_after_steps and not final:
             bar.close()
             raise SimulatedCrash(f"simulated crash after step {at.step}")
-        if stopped_early:
+        if loop.stopped_early:
             break
     bar.close()
 
@@ -313,10 +341,10 @@ def train(
         seconds=time.perf_counter() - meter.started,
         tokens_per_s=tokens_per_s,
         mfu=steady_mfu,
-        stopped_early=stopped_early,
+        stopped_early=loop.stopped_early,
         best_step=stopper.best_step,
         best_metric=None if stopper.best_step is None else stopper.best,
-        checkpoint=last_checkpoint,
+        checkpoint=loop.last_checkpoint,
         resumed_from=resumed_from,
-        final_metrics=final_metrics,
+        final_metrics=loop.final_metrics,
     )
