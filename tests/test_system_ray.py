@@ -89,11 +89,10 @@ def test_a_dying_model_replica_fails_no_request(url: str) -> None:
 
     began = time.time()
     requests = asyncio.run(traffic_with_a_death())
-    ended = time.time()
     assert len(requests) == 150 and (requests.status == 200).all(), requests.status.value_counts()
     assert (requests.retries >= 0).all() and requests.replica_pid.notna().all()
     replicas = system.replica_actors("Model")
-    died = replicas[(replicas.state == "DEAD") & replicas.ended_s.between(began, ended)]
+    died = replicas[(replicas.state == "DEAD") & (replicas.ended_s >= began)]  # may log late
     assert list(died.pid) == killed, replicas
     assert set(killed) <= set(requests.replica_pid), "the killed replica served this traffic"
 
