@@ -70,6 +70,20 @@ def test_lab_ends_with_an_assertions_cell(lab):
     assert all(a.msg is not None for a in asserts), f"{lab.name}: every claim needs a message"
 
 
+MAX_CELL_LINES = 60  # STYLE.md: no notebook cell over ~60 lines
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_code_cells_are_at_most_60_lines(lab):
+    cells = nbformat.read(lab, as_version=4).cells
+    long = [
+        f"cell {i} ({len(c.source.splitlines())} lines, first: {c.source.splitlines()[0]!r})"
+        for i, c in enumerate(cells)
+        if c.cell_type == "code" and len(c.source.splitlines()) > MAX_CELL_LINES
+    ]
+    assert not long, f"{lab.name}: code cells over {MAX_CELL_LINES} lines: {'; '.join(long)}"
+
+
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
 def test_lab_is_stored_without_outputs(lab):
     dirty = [i for i, c in enumerate(code_cells(lab)) if c.outputs or c.execution_count]
