@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,23 @@ def test_java_older_than_17_is_replaced_and_java_home_is_what_counts(tmp_path):
         text=True,
     )
     assert done.returncode == 0 and not (tmp_path / "calls.log").exists()
+
+
+def test_book_failures_names_each_failing_lab_its_line_and_error(tmp_path):
+    reports = tmp_path / "reports" / "labs"
+    reports.mkdir(parents=True)
+    (reports / "12_system.err.log").write_text(
+        "An error occurred while executing the following cell:\n# Claims of this lab\n"
+        "\x1b[31m---------\x1b[39m\n"
+        "\x1b[32m---> \x1b[39m\x1b[32m12\x1b[39m assert hit_miss_ratio < 0.5\n"
+        "\x1b[31mAssertionError\x1b[39m: (0.61, 200.0, 330.0)\n"
+    )
+    (reports / "03_attention.err.log").write_text("Traceback\nKeyError: 'x'\n")
+    script = REPO_ROOT / "tools" / "book_failures.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "reports")], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert printed[0] == "FAILED 03_attention:" and printed[1] == "  KeyError: 'x'"
+    assert "FAILED 12_system:" in printed
+    assert "  at ---> 12 assert hit_miss_ratio < 0.5" in printed
+    assert "  AssertionError: (0.61, 200.0, 330.0)" in printed
