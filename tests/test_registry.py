@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlab import registry
+from llmlab import modelcard, registry
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +134,7 @@ def test_model_card_shows_metrics_lineage_and_every_version(uri, tmp_path):
     first = register(uri, tmp_path, "a", 0.8)
     second = register(uri, tmp_path, "b", 0.9, parent=f"clf/{first}")
     registry.promote("clf", second, uri=uri)
-    card = registry.model_card("clf", "champion", uri)
+    card = modelcard.model_card("clf", "champion", uri)
     assert card.startswith(f"# Model card: clf (version {second}, `@champion`)")
     assert "- **accuracy**: 0.9000" in card
     assert "- **data_hash**: `hash-b`" in card

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
 
-from llmlab import bow, federated, registry, trust
+from llmlab import bow, federated, modelcard, registry, trust
 
 
 @pytest.mark.parametrize(
@@ -208,9 +208,9 @@ def test_model_card_has_the_sections_people_write(monkeypatch):
     monkeypatch.setattr(registry, "resolve", lambda ref, uri=None: entry)
     monkeypatch.setattr(registry, "versions", lambda name, uri=None: [entry])
     uri = None
-    bare = registry.model_card("clf", "champion", uri)
+    bare = modelcard.model_card("clf", "champion", uri)
     assert bare.count("_Not documented for this version._") == 6
-    card = registry.model_card(
+    card = modelcard.model_card(
         "clf",
         "champion",
         uri,

@@ -35,6 +35,7 @@ BUILT_IN = {
     "knowledge": "15",
     "loop": "04",
     "metrics": "03",
+    "modelcard": "09",
     "models": "04",
     "monitoring": "10",
     "pipeline": "11",
