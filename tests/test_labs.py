@@ -63,11 +63,22 @@ def test_lab_has_one_parameters_cell_with_standard_knobs(lab):
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
 def test_lab_ends_with_an_assertions_cell(lab):
-    last = code_cells(lab)[-1].source
-    assert last.lstrip().startswith("# Claims of this lab"), f"{lab.name}: no claims cell"
-    asserts = [n for n in ast.walk(ast.parse(last)) if isinstance(n, ast.Assert)]
-    assert len(asserts) >= 2, f"{lab.name}: the claims cell asserts {len(asserts)} claim(s)"
-    assert all(a.msg is not None for a in asserts), f"{lab.name}: every claim needs a message"
+    cells = [c.source for c in code_cells(lab)]
+    assert cells[-1].lstrip().startswith("# Claims of this lab"), f"{lab.name}: no claims cell"
+    assert "lab_passed(" in cells[-1], f"{lab.name}: the last claims cell must call lab_passed"
+    claims = []  # the trailing run of claims cells (a long list is split to keep cells short)
+    while cells and cells[-1].lstrip().startswith("# Claims of this lab"):
+        claims.insert(0, cells.pop())
+    assert not claims[0].lstrip().startswith("# Claims of this lab (continued)"), lab.name
+    assert all(c.lstrip().startswith("# Claims of this lab (continued)") for c in claims[1:]), (
+        f"{lab.name}: claims cells after the first are headed '# Claims of this lab (continued)'"
+    )
+    for cell in claims:
+        asserts = [n for n in ast.walk(ast.parse(cell)) if isinstance(n, ast.Assert)]
+        assert asserts, f"{lab.name}: a claims cell asserts nothing:\n{cell[:200]}"
+        assert all(a.msg is not None for a in asserts), f"{lab.name}: every claim needs a message"
+    total = sum(isinstance(n, ast.Assert) for c in claims for n in ast.walk(ast.parse(c)))
+    assert total >= 2, f"{lab.name}: the claims cells assert {total} claim(s)"
 
 
 MAX_CELL_LINES = 60  # STYLE.md: no notebook cell over ~60 lines
