@@ -35,6 +35,14 @@ def train_wordpiece(
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
+    # The trainer numbers the "##" tokens in hash-map order, which changes from call to call
+    # (tokenizers issue 1794): the same tokens get other ids, so a seeded run would not repeat.
+    # WordPiece matches by string: numbering the tokens in sorted order keeps every tokenization
+    # and fixes the ids. Where merges tie in count, the hash order can still change which tokens
+    # are learned: lab 15's corpus learns one set every time, lab 03's feedback rows do not.
+    learned = sorted(set(tokenizer.get_vocab()) - set(BERT_SPECIAL_TOKENS))
+    ids = {token: index for index, token in enumerate([*BERT_SPECIAL_TOKENS, *learned])}
+    tokenizer.model = models.WordPiece(ids, unk_token="[UNK]")
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

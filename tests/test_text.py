@@ -1,5 +1,6 @@
 import pytest
 
+from llmlab.data import load_corpus
 from llmlab.text import pretrained_model_dir, train_bpe, train_wordpiece
 
 CORPUS = [
@@ -25,6 +26,13 @@ def test_wordpiece_splits_unseen_words_and_marks_unknown_characters():
     tokens = tokenizer.tokenize("cardrefund ☃")
     assert tokens[0] == "card" and tokens[1].startswith("##")
     assert tokens[-1] == "[UNK]"
+
+
+def test_wordpiece_numbers_its_tokens_the_same_way_every_time():
+    # The trainer alone numbers the same learned tokens differently from one call to the next.
+    corpus = [" ".join(p.split()) for p in load_corpus()[:100_000].split("\n\n") if p.strip()]
+    first = train_wordpiece(corpus, vocab_size=500).get_vocab()
+    assert all(train_wordpiece(corpus, vocab_size=500).get_vocab() == first for _ in range(4))
 
 
 def test_bpe_round_trips_any_text_without_unknown_tokens():
