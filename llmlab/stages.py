@@ -100,7 +100,9 @@ def stage_train(params: dict[str, Any]) -> str:
     from llmlab.train import train as fit
 
     seed_everything(int(params["seed"]))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: these classifiers' matrices are too small to split between cores, and on a
+    # shared machine a second thread waits for a busy core (the loop ran faster on one).
+    torch.set_num_threads(1)
     size, train = SIZES[params["profile"]], params["train"]
     labels = data.LABELS
     config = BertConfig(
