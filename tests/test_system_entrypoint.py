@@ -27,8 +27,10 @@ def test_the_entrypoint_binds_the_model_and_redis_of_the_environment(tmp_path, m
     assert isinstance(app, serve.Application)
     ingress = app._bound_deployment
     assert ingress.name == "Ingress"
-    *_, version, redis_url = ingress.init_args
-    assert version == model.resolve().name and redis_url == "redis://127.0.0.1:6399/0"
+    assert ingress.user_config == {
+        "version": model.resolve().name,
+        "redis_url": "redis://127.0.0.1:6399/0",
+    }
 
 
 def test_the_kuberay_manifest_points_at_the_entrypoint():

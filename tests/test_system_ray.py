@@ -41,7 +41,7 @@ def cluster() -> Iterator[None]:
 def url(cluster: None, tiny: dict[str, Path]) -> Iterator[str]:
     """The three-deployment app on v1, on a free loopback port."""
     base = system.start_serve(free_port())
-    serve.run(system.build_app(tiny["v1"], "v1"), name="default", route_prefix="/")
+    system.deploy(system.app_config(tiny["v1"], "v1"))
     yield base
     serve.delete("default")
 
@@ -57,6 +57,21 @@ def test_answers_like_the_single_process_service(url: str, tiny: dict[str, Path]
     hops = body["timings_ms"][0]
     assert hops["tokenizer_hop_ms"] >= hops["tokenize_ms"] > 0
     assert hops["model_hop_ms"] >= hops["forward_ms"] > 0
+
+
+def test_a_new_model_is_loaded_in_place(url: str, tiny: dict[str, Path]) -> None:
+    """A config that changes only the model (`user_config`) reconfigures the running replicas:
+    every answer then comes from v2, and no replica was started or stopped for it."""
+    before = system.replica_actors("Model")
+    try:
+        system.deploy(system.app_config(tiny["v2"], "v2"))
+        body = httpx.post(f"{url}/predict", json={"texts": TEXTS}, timeout=30).json()
+        after = system.replica_actors("Model")
+    finally:
+        system.deploy(system.app_config(tiny["v1"], "v1"))
+    assert {answer["model_version"] for answer in body["predictions"]} == {"v2"}
+    assert body["predictions"][0]["label"] == load_classifier(tiny["v2"]).predict(TEXTS)[0]["label"]
+    assert after.equals(before), (before, after)
 
 
 def test_bad_input_gets_422(url: str) -> None:
@@ -181,7 +196,9 @@ def test_ingress_probes_404_and_cache_flags_without_ray() -> None:
     model = type("Model", (), {})()
     answer = {"label": "greeting", "score": 0.9, "model_version": "v1"}
     model.predict = Remote(lambda ids: answer | {"queued_ms": 0.1, "forward_ms": 0.2}, predicted)
-    ingress = system.Ingress.func_or_class(tokenizer, model, "v1")
+    ingress = system.Ingress.func_or_class(tokenizer, model)
+    ingress.reconfigure({"version": "v1", "redis_url": None})
+    assert ingress.cache is None, "no Redis named: no cache"
     ingress.cache = MemoryCache()
     for path in ("/ready", "/health", "/ready/"):
         assert ingress_call(ingress, "GET", path) == (200, {"status": "ready", "version": "v1"})

@@ -34,6 +34,9 @@ BATCH_WAIT_S = 0.005  # how long a batch waits to fill, as lab 10's batcher
 # of 32, and an ingress capped at 5 makes a cache hit queue in the proxy behind model calls.
 MODEL_MAX_ONGOING = 2 * MAX_BATCH_SIZE  # a full batch in the forward pass, the next one filling
 INGRESS_MAX_ONGOING = 1000  # the ingress only awaits: it admits everything the proxy receives
+# A stopping replica checks this often whether its last requests are done (Serve's default, 2 s,
+# is the least a stop takes): replicas here stop within seconds of the autoscaler's decision.
+SHUTDOWN_CHECK_S = 0.5
 # A replica that died mid-call, or one the router cannot reach yet: worth another replica.
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -98,15 +101,17 @@ def _max_tokens(path: Path) -> int:
     )
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=SHUTDOWN_CHECK_S)
 class Tokenizer:
-    """Preprocess: one text -> token ids, truncated as in training, not padded."""
+    """Preprocess: one text -> token ids, truncated as in training, not padded. Its model
+    directory comes as `user_config` ({"path": ...}): a new one is loaded in place."""
 
-    def __init__(self, path: str) -> None:
+    def reconfigure(self, config: dict[str, str]) -> None:
+        """Load the tokenizer of `config["path"]` (Serve calls this on a new `user_config`)."""
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.max_tokens = _max_tokens(Path(path))
+        self.tokenizer = AutoTokenizer.from_pretrained(config["path"])
+        self.max_tokens = _max_tokens(Path(config["path"]))
 
     def tokenize(self, text: str) -> dict[str, Any]:
         """Token ids of `text` and the milliseconds they took."""
@@ -120,15 +125,21 @@ class Tokenizer:
     autoscaling_config={"min_replicas": 2, "initial_replicas": 2, "max_replicas": 3},
     max_ongoing_requests=MODEL_MAX_ONGOING,
     health_check_period_s=1.0,
+    graceful_shutdown_wait_loop_s=SHUTDOWN_CHECK_S,
 )
 class Model:
-    """Infer and postprocess: token ids of many requests padded into one forward pass."""
+    """Infer and postprocess: token ids of many requests padded into one forward pass. The
+    model comes as `user_config` ({"path": ..., "version": ...}): a promotion loads it in place."""
 
-    def __init__(self, path: str, version: str, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import torch
 
         torch.set_num_threads(threads)  # replicas share the cores: no oversubscription
-        self.classifier = load_classifier(Path(path), version)
+
+    def reconfigure(self, config: dict[str, str]) -> None:
+        """Load the model of `config` (Serve calls this on a new `user_config`); batches in
+        flight finish on the model they started with."""
+        self.classifier = load_classifier(Path(config["path"]), config["version"])
 
     async def predict(self, ids: dict[str, list[int]]) -> dict[str, Any]:
         """One text's answer, with its queue wait, forward time, batch size and replica pid."""
@@ -153,24 +164,29 @@ class Model:
         ]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_MAX_ONGOING)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=INGRESS_MAX_ONGOING,
+    graceful_shutdown_wait_loop_s=SHUTDOWN_CHECK_S,
+)
 class Ingress:
     """HTTP: validate as lab 10's API, answer from the cache or through tokenizer and model,
-    retry a call whose replica died, and time every hop."""
+    retry a call whose replica died, and time every hop. The model version it answers for and
+    its Redis come as `user_config` ({"version": ..., "redis_url": ... or None})."""
 
     def __init__(
-        self,
-        tokenizer: DeploymentHandle,
-        model: DeploymentHandle,
-        version: str,
-        redis_url: str | None = None,
-        retries: int = 6,
+        self, tokenizer: DeploymentHandle, model: DeploymentHandle, retries: int = 6
     ) -> None:
         self.tokenizer = tokenizer
         self.model = model
-        self.version = version
-        self.cache = PredictionCache(redis_url) if redis_url else None
         self.retries = retries
+        self.version = ""
+        self.cache: PredictionCache | None = None
+
+    def reconfigure(self, config: dict[str, str | None]) -> None:
+        """Answer for `config["version"]`, caching in `config["redis_url"]` (None: no cache)."""
+        self.version = str(config["version"])
+        self.cache = PredictionCache(config["redis_url"]) if config.get("redis_url") else None
 
     async def _call(self, method: Any, argument: Any) -> tuple[Any, int]:
         """`method.remote(argument)`, retried with backoff while its replica is dead."""
@@ -232,6 +248,25 @@ class Ingress:
         )
 
 
+def user_configs(path: Path, version: str, redis_url: str | None = None) -> dict[str, dict]:
+    """Each deployment's `user_config`: the model files, its version and Redis (None: no cache)."""
+    return {
+        "Ingress": {"version": version, "redis_url": redis_url},
+        "Tokenizer": {"path": str(path)},
+        "Model": {"path": str(path), "version": version},
+    }
+
+
+def autoscaling(min_replicas: int = 2, max_replicas: int = 3, **options: float) -> dict:
+    """The model's `autoscaling_config`; keyword arguments override (e.g. `upscale_delay_s`)."""
+    return {
+        "min_replicas": min_replicas,
+        "initial_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": MAX_BATCH_SIZE,
+    } | options
+
+
 def build_app(
     path: Path,
     version: str,
@@ -242,14 +277,61 @@ def build_app(
 ) -> serve.Application:
     """The three deployments bound into one application, models loaded from `path`; keyword
     arguments go to the model's `autoscaling_config` (e.g. `upscale_delay_s`)."""
-    autoscaling = {
-        "min_replicas": min_replicas,
-        "initial_replicas": min_replicas,
-        "max_replicas": max_replicas,
-        "target_ongoing_requests": MAX_BATCH_SIZE,
-    } | autoscaling_options
-    model = Model.options(autoscaling_config=autoscaling).bind(str(path), version)
-    return Ingress.bind(Tokenizer.bind(str(path)), model, version, redis_url)
+    configs = user_configs(path, version, redis_url)
+    model = Model.options(
+        autoscaling_config=autoscaling(min_replicas, max_replicas, **autoscaling_options),
+        user_config=configs["Model"],
+    ).bind()
+    tokenizer = Tokenizer.options(user_config=configs["Tokenizer"]).bind()
+    return Ingress.options(user_config=configs["Ingress"]).bind(tokenizer, model)
+
+
+def graph(args: dict[str, Any]) -> serve.Application:
+    """The three deployments bound, no model named: what `app_config`'s import path builds;
+    the config's `user_config`s name the model (`args` is unused, and must not change)."""
+    return Ingress.bind(Tokenizer.bind(), Model.bind())
+
+
+def app_config(
+    path: Path,
+    version: str,
+    redis_url: str | None = None,
+    min_replicas: int = 2,
+    max_replicas: int = 3,
+    **autoscaling_options: float,
+) -> dict[str, Any]:
+    """`build_app`'s application as a declarative config (what `serve deploy` applies and
+    KubeRay's `serveConfigV2` holds): one import path, and the model, Redis and autoscaling as
+    per-deployment options, which Serve changes on running replicas."""
+    configs = user_configs(path, version, redis_url)
+    deployments = [{"name": name, "user_config": config} for name, config in configs.items()]
+    deployments[-1]["autoscaling_config"] = autoscaling(
+        min_replicas, max_replicas, **autoscaling_options
+    )
+    return {"name": "default", "route_prefix": "/", "import_path": f"{__name__}:graph"} | {
+        "args": {},
+        "deployments": deployments,
+    }
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> float:
+    """Apply `config` (`app_config`) as `serve deploy` does and wait until it serves; seconds.
+    The same import path and args as the running application make it a lightweight update:
+    Serve calls `reconfigure` on the running replicas (a few at a time) and scales them, and
+    restarts none; the first config builds the application."""
+    from ray.serve.context import _get_global_client  # the client `serve run CONFIG` uses
+    from ray.serve.schema import ServeDeploySchema
+
+    started = time.perf_counter()
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=[config]))
+    while time.perf_counter() - started < timeout_s:
+        status = serve.status().applications.get(config["name"])
+        if status is not None and status.status == "RUNNING":
+            return time.perf_counter() - started
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"application {config['name']} failed: {status.message}")
+        time.sleep(0.1)
+    raise TimeoutError(f"application {config['name']} not running after {timeout_s} s")
 
 
 def replica_counts(app: str = "default") -> dict[str, dict[str, int]]:
