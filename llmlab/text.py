@@ -19,30 +19,44 @@ def _check_vocab_size(vocab_size: int, special: list[str]) -> None:
         raise ValueError(f"vocab_size={vocab_size} leaves no room beyond the special tokens")
 
 
+def _wordpiece_tokenizer(vocab: dict[str, int] | None = None) -> Tokenizer:
+    """An uncased BERT WordPiece tokenizer over `vocab` (None: an empty one, to train)."""
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _continuations(texts: list[str], tokenizer: Tokenizer) -> list[str]:
+    """Every "##c" that a word of `texts` continues with, sorted: c follows a word's first char."""
+    words = set(tokenizer.normalizer.normalize_str("\n".join(texts)).split())
+    pieces = tokenizer.pre_tokenizer.pre_tokenize_str(" ".join(words))
+    return sorted({f"##{char}" for piece, _ in pieces for char in piece[1:]})
+
+
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, min_frequency: int = 2
 ) -> PreTrainedTokenizerFast:
     """BERT-style uncased WordPiece: [CLS] text [SEP], '##' marks a word's continuation."""
     _check_vocab_size(vocab_size, BERT_SPECIAL_TOKENS)
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    texts, scratch = list(texts), _wordpiece_tokenizer()
+    # The trainer numbers the "##" tokens as it meets them in hash-map order, which changes from
+    # call to call, and breaks ties between equally frequent merges by those numbers: the same
+    # seed would learn other tokens (tokenizers issue 1794). Declared up front, in sorted order,
+    # they get fixed numbers; the learned vocabulary is then renumbered in sorted order.
     trainer = WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=BERT_SPECIAL_TOKENS,
+        special_tokens=[*BERT_SPECIAL_TOKENS, *_continuations(texts, scratch)],
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer)
-    # The trainer numbers the "##" tokens in hash-map order, which changes from call to call
-    # (tokenizers issue 1794): the same tokens get other ids, so a seeded run would not repeat.
-    # WordPiece matches by string: numbering the tokens in sorted order keeps every tokenization
-    # and fixes the ids. Where merges tie in count, the hash order can still change which tokens
-    # are learned: lab 15's corpus learns one set every time, lab 03's feedback rows do not.
-    learned = sorted(set(tokenizer.get_vocab()) - set(BERT_SPECIAL_TOKENS))
-    ids = {token: index for index, token in enumerate([*BERT_SPECIAL_TOKENS, *learned])}
-    tokenizer.model = models.WordPiece(ids, unk_token="[UNK]")
+    scratch.train_from_iterator(texts, trainer)
+    learned = sorted(set(scratch.get_vocab()) - set(BERT_SPECIAL_TOKENS))
+    tokenizer = _wordpiece_tokenizer(
+        {token: index for index, token in enumerate([*BERT_SPECIAL_TOKENS, *learned])}
+    )
+    tokenizer.add_special_tokens(BERT_SPECIAL_TOKENS)
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
