@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from llmlab.config import REPO_ROOT, build_dir
-from llmlab.metrics import classification_metrics, paired_bootstrap
 
 EXPERIMENT = "model-registry"
 # Files that are (or may be) Python pickles: loading one can run arbitrary code.
@@ -312,6 +311,8 @@ def _gate(
     uri: str | None,
 ) -> None:
     """Raise PromotionRefused unless `candidate` is at most `tolerance` worse than `holder`."""
+    from llmlab.metrics import classification_metrics, paired_bootstrap  # sklearn: only here
+
     versus = f"{candidate.name}@{alias} ({holder.ref})"
     new_rows, old_rows = evaluation_of(candidate, uri), evaluation_of(holder, uri)
     if new_rows and old_rows and metric in PAIRED_METRICS:
