@@ -36,7 +36,7 @@ def read_settings(path: Path = ENV_LIST) -> list[Setting]:
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        name, operator, value = line.split(maxsplit=2)
+        name, operator, value = (*line.split(maxsplit=2), "")[:3]  # NAME = (nothing): empty
         if operator not in ("=", "?="):
             raise ValueError(f"{path}: expected NAME = VALUE or NAME ?= VALUE, got {line!r}")
         settings.append(Setting(name, value, keep_existing=operator == "?="))

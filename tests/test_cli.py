@@ -1,6 +1,7 @@
 import importlib.metadata
 import os
 import subprocess
+import sys
 
 import pytest
 from lab_helpers import write_lab
@@ -132,6 +133,17 @@ def test_env_sh_sets_what_the_cli_sets(tmp_path):
     from_cli = {"LLMLAB_BUILD_DIR": str(tmp_path)}
     apply_environment(from_cli)
     assert from_cli == {name: from_shell[name] for name in from_cli}
+
+
+def test_processes_write_bytecode_even_when_the_caller_says_not_to(tmp_path):
+    # The venv is installed --no-compile: without written bytecode every process recompiles
+    # every module it imports (transformers, mlflow, sklearn: 20-22 s instead of 9 s).
+    module = tmp_path / "compiled_once.py"
+    module.write_text("VALUE = 1\n")
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)}
+    apply_environment(env)
+    subprocess.run([sys.executable, "-c", "import compiled_once"], env=env, check=True)
+    assert list((tmp_path / "__pycache__").glob("compiled_once.*.pyc")), "no bytecode written"
 
 
 def fake_java(folder, version_line):
