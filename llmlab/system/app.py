@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,12 @@ def app_config(
     }
 
 
+# A deploy and serve.status() each pickle the autoscaling policy through cloudpickle's one
+# process-wide by-value registry, which is not thread-safe: the replica sampler's status call
+# beside the notebook's deploy raised "... is not registered for pickle by value". One lock.
+SERVE_LOCK = threading.Lock()
+
+
 def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> float:
     """Apply `config` (`app_config`) as `serve deploy` does and wait until it serves; seconds.
     The same import path and args as the running application make it a lightweight update:
@@ -323,9 +330,11 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> float:
     from ray.serve.schema import ServeDeploySchema
 
     started = time.perf_counter()
-    _get_global_client().deploy_apps(ServeDeploySchema(applications=[config]))
+    with SERVE_LOCK:
+        _get_global_client().deploy_apps(ServeDeploySchema(applications=[config]))
     while time.perf_counter() - started < timeout_s:
-        status = serve.status().applications.get(config["name"])
+        with SERVE_LOCK:
+            status = serve.status().applications.get(config["name"])
         if status is not None and status.status == "RUNNING":
             return time.perf_counter() - started
         if status is not None and status.status == "DEPLOY_FAILED":
@@ -336,7 +345,8 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> float:
 
 def replica_counts(app: str = "default") -> dict[str, dict[str, int]]:
     """Replicas per state (RUNNING, STARTING, ...) of every deployment of `app`."""
-    deployments = serve.status().applications[app].deployments
+    with SERVE_LOCK:
+        deployments = serve.status().applications[app].deployments
     return {name: dict(status.replica_states) for name, status in deployments.items()}
 
 
