@@ -306,9 +306,8 @@ def app_config(
     per-deployment options, which Serve changes on running replicas."""
     configs = user_configs(path, version, redis_url)
     deployments = [{"name": name, "user_config": config} for name, config in configs.items()]
-    deployments[-1]["autoscaling_config"] = autoscaling(
-        min_replicas, max_replicas, **autoscaling_options
-    )
+    model = next(d for d in deployments if d["name"] == "Model")
+    model["autoscaling_config"] = autoscaling(min_replicas, max_replicas, **autoscaling_options)
     return {"name": "default", "route_prefix": "/", "import_path": f"{__name__}:graph"} | {
         "args": {},
         "deployments": deployments,
